@@ -1,0 +1,36 @@
+"""Secrets are a type: an explicit reveal, and a repr that never shows the value."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Final
+
+_REDACTED: Final = "Secret('**redacted**')"
+
+
+class Secret:
+    """A secret string. ``str()`` and ``repr()`` are redacted; use ``reveal()``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return _REDACTED
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> object:
+        raise TypeError("secrets are not picklable")

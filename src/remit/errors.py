@@ -1,0 +1,110 @@
+"""One error tree for all of Remit, each class with a stable code.
+
+    RemitError
+    ├── InvalidRequest          invalid_request       bad input: size, depth, grammar, schema
+    │   └── InvalidGrant        invalid_grant         a one-time credential already used or expired
+    ├── InvalidToken            invalid_token         signature, alg, typ, iss, aud, kid, claims
+    │   ├── TokenExpired        token_expired
+    │   └── TokenRevoked        token_revoked
+    ├── InvalidProof            invalid_proof         per-call proof of possession, replay
+    ├── Denied                  denied                a decision said no (carries the decision)
+    ├── ApprovalRequired        approval_required
+    ├── NotFound                not_found
+    ├── Conflict                conflict
+    ├── PolicyInvalid           policy_invalid        a policy set refused whole at load
+    ├── AuditUnavailable        audit_unavailable     the audit could not be written: fail closed
+    └── StoreUnavailable        store_unavailable
+
+Messages are for humans and never carry secrets or token contents. The
+``reason`` is a short machine-readable detail for the audit record (for
+example ``alg_not_allowed``); adapters show it only where it leaks nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RemitError(Exception):
+    """The root of every error Remit raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, reason: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.code
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r}, {self.message!r})"
+
+
+class InvalidRequest(RemitError):
+    code = "invalid_request"
+
+
+class InvalidGrant(InvalidRequest):
+    code = "invalid_grant"
+
+
+class InvalidToken(RemitError):
+    code = "invalid_token"
+
+
+class TokenExpired(InvalidToken):
+    code = "token_expired"
+
+
+class TokenRevoked(InvalidToken):
+    code = "token_revoked"
+
+
+class InvalidProof(RemitError):
+    code = "invalid_proof"
+
+
+class Denied(RemitError):
+    code = "denied"
+
+
+class ApprovalRequired(RemitError):
+    code = "approval_required"
+
+
+class NotFound(RemitError):
+    code = "not_found"
+
+
+class Conflict(RemitError):
+    code = "conflict"
+
+
+class PolicyInvalid(RemitError):
+    code = "policy_invalid"
+
+
+class AuditUnavailable(RemitError):
+    code = "audit_unavailable"
+
+
+class StoreUnavailable(RemitError):
+    code = "store_unavailable"
+
+
+ALL_ERRORS: tuple[type[RemitError], ...] = (
+    RemitError,
+    InvalidRequest,
+    InvalidGrant,
+    InvalidToken,
+    TokenExpired,
+    TokenRevoked,
+    InvalidProof,
+    Denied,
+    ApprovalRequired,
+    NotFound,
+    Conflict,
+    PolicyInvalid,
+    AuditUnavailable,
+    StoreUnavailable,
+)
