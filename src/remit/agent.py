@@ -1,0 +1,104 @@
+"""The agent side: an instance's key, its identity, its proofs.
+
+An ``AgentSession`` holds the instance's private key (which never leaves it),
+attests once with a join token, rotates its identity token before half-life,
+opens tasks and signs a fresh proof of possession for every call.
+
+It talks to anything that offers ``RemitApi``: the in-process ``Remit``
+service today, the HTTP client later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from remit.canonical import digest
+from remit.clock import Clock, SystemClock
+from remit.core.identity import attestation_payload
+from remit.core.keys import generate_instance_key, jwk_thumbprint, public_jwk, sign_es256
+from remit.core.pipeline import ARGUMENT_LIMITS, Decision
+from remit.core.secrets import Secret
+from remit.core.tokens import make_call_proof
+from remit.service import END_TASK_OP, OPEN_TASK_OP, RENEW_IDENTITY_OP, Attestation, TaskGrant
+
+
+class RemitApi(Protocol):
+    def attestation_challenge(self) -> str: ...
+    def attest(self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes) -> Attestation: ...
+    def renew_identity(self, identity_token: str, proof: str) -> Attestation: ...
+    def open_task(self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]) -> TaskGrant: ...
+    def end_task(self, task_token: str, proof: str) -> list[str]: ...
+    def authorize(
+        self, *, task_token: str, proof: str, tool: str, arguments: Mapping[str, Any], approval: str | None = None
+    ) -> Decision: ...
+
+
+class AgentSession:
+    def __init__(self, remit: RemitApi, attestation: Attestation, key: Any, clock: Clock) -> None:
+        self._remit = remit
+        self._key = key
+        self._clock = clock
+        self.attestation = attestation
+
+    @classmethod
+    def attest(cls, remit: RemitApi, join_token: Secret | str, *, clock: Clock | None = None) -> AgentSession:
+        """Make a key pair, prove possession over a fresh server nonce, and join."""
+        key = generate_instance_key()
+        jwk = public_jwk(key.public_key())
+        nonce = remit.attestation_challenge()
+        signature = sign_es256(key, attestation_payload(nonce, jwk_thumbprint(key.public_key())))
+        token = join_token.reveal() if isinstance(join_token, Secret) else join_token
+        attestation = remit.attest(join_token=token, public_jwk=jwk, nonce=nonce, signature=signature)
+        return cls(remit, attestation, key, clock or SystemClock())
+
+    @property
+    def agent_id(self) -> str:
+        return self.attestation.agent_id
+
+    @property
+    def instance_id(self) -> str:
+        return self.attestation.instance_id
+
+    def proof(self, token: str, op: str, body: Any) -> str:
+        return make_call_proof(self._key, token=token, tool=op, args_digest=digest(body, ARGUMENT_LIMITS), now=self._clock.now())
+
+    def identity_token(self) -> str:
+        """The current identity token, renewed once less than half its lifetime is left."""
+        att = self.attestation
+        half_life = att.issued_at + (att.expires_at - att.issued_at) / 2
+        if self._clock.now() >= half_life:
+            token = att.identity_token
+            self.attestation = self._remit.renew_identity(token, self.proof(token, RENEW_IDENTITY_OP, {}))
+        return self.attestation.identity_token
+
+    def open_task(self, *, principal: str, intent: Mapping[str, Any]) -> TaskSession:
+        token = self.identity_token()
+        body = {"principal": principal, "intent": intent}
+        grant = self._remit.open_task(token, self.proof(token, OPEN_TASK_OP, body), principal=principal, intent=intent)
+        return TaskSession(self, grant)
+
+
+class TaskSession:
+    def __init__(self, agent: AgentSession, grant: TaskGrant) -> None:
+        self.agent = agent
+        self.grant = grant
+
+    @property
+    def task_id(self) -> str:
+        return self.grant.task_id
+
+    @property
+    def token(self) -> str:
+        return self.grant.task_token
+
+    def authorize(self, tool: str, arguments: Mapping[str, Any], *, approval: str | None = None) -> Decision:
+        """Ask Remit whether this exact call may go ahead; a fresh proof is signed for it."""
+        proof = self.agent.proof(self.token, tool, dict(arguments))
+        return self.agent._remit.authorize(
+            task_token=self.token, proof=proof, tool=tool, arguments=arguments, approval=approval
+        )
+
+    def end(self) -> list[str]:
+        proof = self.agent.proof(self.token, END_TASK_OP, {"task": self.task_id})
+        return self.agent._remit.end_task(self.token, proof)

@@ -1,0 +1,406 @@
+"""The per-call pipeline (DESIGN §2): one function decides every tool call.
+
+Order: authenticate, load state, mandate, monitor, policy, approval, leases,
+budget and taint, audit. Every step fails closed. Checks that fail raise (and
+leave a denial record); a decision that says no is a value with reasons.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from remit.canonical import JsonLimits, check_json, digest
+from remit.clock import Clock
+from remit.core.audit import AuditRecord
+from remit.core.catalog import Catalog, ToolSpec, check_tool_name
+from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal
+from remit.core.keys import load_public_jwk
+from remit.core.labels import Labels
+from remit.core.mandate import MandateCheck, check_call, classify_destinations
+from remit.core.policy import PolicyEngine, PolicyRequest, PolicyResult
+from remit.core.tasks import Task, TaskStatus
+from remit.core.tokens import TaskClaims, TokenService, verify_call_proof
+from remit.errors import InvalidProof, InvalidRequest, InvalidToken, RemitError, TokenExpired, TokenRevoked
+from remit.ids import new_id
+
+ARGUMENT_LIMITS = JsonLimits(max_depth=12, max_bytes=256 * 1024, max_string=64 * 1024, max_items=2048)
+MAX_PROOF_BYTES = 4096
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL_REQUIRED = "approval_required"
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """Something the gateway must do for an allowed call, e.g. inject credential ``ref``."""
+
+    kind: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    task_token: str
+    proof: str
+    tool: str
+    arguments: Mapping[str, Any] = field(hash=False)
+    approval: str | None = None  # an approval token bound to this exact call (issue 5)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    outcome: Outcome  # what the rules said
+    allowed: bool  # whether the call may go ahead (True for a shadow would-deny)
+    mode: Mode
+    reasons: tuple[str, ...]
+    policy_version: str
+    task_id: str
+    agent_id: str
+    instance_id: str
+    tool: str
+    args_digest: str
+    obligations: tuple[Obligation, ...] = ()
+    shadow_reasons: tuple[str, ...] = ()
+    audit_seq: int = 0
+
+    @property
+    def would_deny(self) -> bool:
+        return self.allowed and self.outcome is not Outcome.ALLOW
+
+    def explain(self) -> str:
+        why = ", ".join(self.reasons) or "no reason recorded"
+        if self.outcome is Outcome.ALLOW:
+            return f"allowed by {why}"
+        if self.would_deny:
+            return f"would be denied by {why} (shadow mode: allowed)"
+        if self.outcome is Outcome.APPROVAL_REQUIRED:
+            return f"approval required by {why}"
+        return f"denied by {why}"
+
+
+class PipelineState(Protocol):
+    """What the pipeline reads and changes; the service implements it over the store."""
+
+    def get_task(self, task_id: str) -> Task | None: ...
+    def get_agent(self, agent_id: str) -> Agent | None: ...
+    def get_instance(self, instance_id: str) -> Instance | None: ...
+    def get_principal(self, principal_id: str) -> Principal | None: ...
+    def ancestors_open(self, task: Task, now: float) -> bool: ...
+    def remember_jti(self, jti: str, expires_at: float, now: float) -> bool: ...
+    def consume_call(self, task_id: str, taint: Labels) -> bool: ...
+
+
+class AuditSink(Protocol):
+    def append(self, kind: str, data: Mapping[str, Any]) -> AuditRecord: ...
+
+
+class Monitor(Protocol):
+    """Step 4: kill switch, rate limits, anomaly signals."""
+
+    def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
+        """Return (deny reasons, anomaly score 0..100)."""
+        ...
+
+
+class ApprovalGate(Protocol):
+    """Step 6: turn approval_required into allow when a matching approval is presented."""
+
+    def resolve(self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task) -> tuple[Outcome, bool]:
+        """Return (outcome, approved?)."""
+        ...
+
+
+class LeaseResolver(Protocol):
+    """Step 7: obligations (credentials to inject) for an allowed call."""
+
+    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]: ...
+
+
+class NoApprovals:
+    def resolve(self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task) -> tuple[Outcome, bool]:
+        if outcome is Outcome.APPROVAL_REQUIRED:
+            # With no approval service every approval_required stays unapproved: fail closed.
+            return Outcome.APPROVAL_REQUIRED, False
+        return outcome, False
+
+
+class NoLeases:
+    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]:
+        return ()
+
+
+class BasicMonitor:
+    """A kill switch (global and per agent) and a per-task sliding rate limit."""
+
+    def __init__(self, *, max_calls_per_minute: int = 600) -> None:
+        self.killed_all = False
+        self.killed_agents: set[str] = set()
+        self.max_calls_per_minute = max_calls_per_minute
+        self._recent: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
+        if self.killed_all or task.agent_id in self.killed_agents:
+            return ("kill-switch",), 100
+        with self._lock:
+            window = [t for t in self._recent.get(task.task_id, ()) if t > now - 60.0]
+            window.append(now)
+            self._recent[task.task_id] = window
+            if len(self._recent) > 100_000:
+                self._recent.clear()
+        if len(window) > self.max_calls_per_minute:
+            return ("rate-limit",), 80
+        return (), 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        tokens: TokenService,
+        policy: PolicyEngine,
+        catalog: Callable[[], Catalog],
+        state: PipelineState,
+        audit: AuditSink,
+        clock: Clock,
+        monitor: Monitor | None = None,
+        approvals: ApprovalGate | None = None,
+        leases: LeaseResolver | None = None,
+        proof_max_age: float = 60.0,
+        proof_leeway: float = 5.0,
+    ) -> None:
+        self.tokens = tokens
+        self.policy = policy
+        self.catalog = catalog
+        self.state = state
+        self.audit = audit
+        self.clock = clock
+        self.monitor: Monitor = monitor or BasicMonitor()
+        self.approvals: ApprovalGate = approvals or NoApprovals()
+        self.leases: LeaseResolver = leases or NoLeases()
+        self.proof_max_age = proof_max_age
+        self.proof_leeway = proof_leeway
+        self._keys: dict[tuple[str, str], Any] = {}
+
+    # ------------------------------------------------------------------ entry point
+    def authorize(self, call: CallRequest) -> Decision:
+        decision_id = new_id("dec")
+        context: dict[str, Any] = {"decision_id": decision_id, "tool": _printable(call.tool)}
+        try:
+            return self._authorize(call, decision_id, context)
+        except RemitError as exc:
+            if exc.code == "audit_unavailable":
+                raise
+            self._refusal_record(context, exc)
+            raise
+
+    def _refusal_record(self, context: dict[str, Any], exc: RemitError) -> None:
+        data = dict(context)
+        data.update({"outcome": "refused", "error": exc.code, "reason": exc.reason})
+        self.audit.append("decision", data)  # AuditUnavailable propagates: fail closed
+
+    # ------------------------------------------------------------------ the steps
+    def _authorize(self, call: CallRequest, decision_id: str, ctx: dict[str, Any]) -> Decision:
+        now = self.clock.now()
+        # 1. Authenticate: input limits, task token, proof of possession, replay.
+        tool = check_tool_name(call.tool)
+        if not isinstance(call.arguments, Mapping):
+            raise InvalidRequest("arguments must be an object", reason="bad_arguments")
+        check_json(call.arguments, ARGUMENT_LIMITS, "arguments")
+        args_digest = digest(call.arguments, ARGUMENT_LIMITS)
+        ctx["args_digest"] = args_digest
+        claims = self.tokens.verify_task(call.task_token)
+        ctx.update(task=claims.task_id, agent=claims.agent_id, instance=claims.instance_id)
+        instance = self._instance_for(claims)
+        if not isinstance(call.proof, str) or len(call.proof) > MAX_PROOF_BYTES:
+            raise InvalidProof("the call proof is malformed", reason="malformed")
+        proof = verify_call_proof(
+            call.proof,
+            public_key=self._public_key(instance),
+            token=call.task_token,
+            tool=tool,
+            args_digest=args_digest,
+            now=now,
+            max_age=self.proof_max_age,
+            leeway=self.proof_leeway,
+        )
+        expires = proof.issued_at + self.proof_max_age + 2 * self.proof_leeway
+        if not self.state.remember_jti(proof.jti, expires, now):
+            raise InvalidProof("this proof was used before", reason="replayed")
+
+        # 2. Load state: task open and matching the token, agent active, no revoked ancestor.
+        task = self.state.get_task(claims.task_id)
+        if task is None or task.agent_id != claims.agent_id or task.instance_id != claims.instance_id:
+            raise InvalidToken("the token names no such task", reason="unknown_task")
+        status = task.effective_status(now)
+        if status is TaskStatus.EXPIRED:
+            raise TokenExpired("the task has expired", reason="task_expired")
+        if status is not TaskStatus.OPEN:
+            raise TokenRevoked("the task has ended", reason=f"task_{status.value}")
+        if task.mandate_digest != claims.mandate_digest:
+            raise InvalidToken("the token does not match the task's mandate", reason="mandate_mismatch")
+        agent = self.state.get_agent(task.agent_id)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            raise TokenRevoked("the agent is not active", reason="agent_inactive")
+        if not self.state.ancestors_open(task, now):
+            raise TokenRevoked("a parent task has ended", reason="ancestor_ended")
+        ctx["principal"] = task.principal_id
+
+        # 3. Mandate. A tool missing from the catalog is denied, never guessed.
+        spec = self.catalog().get(tool)
+        if spec is None:
+            return self._finish(
+                ctx, decision_id, task, agent, None, Outcome.DENY, ("unknown-tool",), Mode.ENFORCE, "", call
+            )
+        ctx["privilege"] = spec.privilege.value
+        destinations = spec.destinations_in(call.arguments)
+        principal = self.state.get_principal(task.principal_id)
+        classes = classify_destinations(task.mandate, principal, destinations)
+        check = check_call(task.mandate, spec=spec, classes=classes, calls_used=task.calls_used)
+        ctx["destinations"] = [str(d) for d in destinations]
+        mode = Mode.SHADOW if agent.mode is Mode.SHADOW or spec.shadow else Mode.ENFORCE
+
+        # 4. Monitor.
+        monitor_reasons, anomaly = self.monitor.check(task, spec, now)
+
+        # 5. Policy: always evaluated, so an explanation names every rule that fired.
+        result = self.policy.evaluate(self._policy_request(task, instance, spec, check, mode, anomaly, now))
+        reasons = tuple(dict.fromkeys(check.violations + monitor_reasons + result.reasons))
+        if check.violations or monitor_reasons or not result.allowed:
+            reasons = tuple(r for r in reasons if not r.startswith("permit-")) or ("default-deny",)
+            outcome = Outcome.DENY
+        else:
+            outcome = Outcome.ALLOW
+        ctx["shadow_policies"] = list(result.shadow_reasons)
+
+        # 6. Approval.
+        outcome, approved = self.approvals.resolve(outcome, reasons, call, task)
+        ctx["approved"] = approved
+        return self._finish(
+            ctx, decision_id, task, agent, spec, outcome, reasons, mode, result.version, call, result
+        )
+
+    def _finish(
+        self,
+        ctx: dict[str, Any],
+        decision_id: str,
+        task: Task,
+        agent: Agent,
+        spec: ToolSpec | None,
+        outcome: Outcome,
+        reasons: tuple[str, ...],
+        mode: Mode,
+        policy_version: str,
+        call: CallRequest,
+        result: PolicyResult | None = None,
+    ) -> Decision:
+        allowed = outcome is Outcome.ALLOW or mode is Mode.SHADOW
+        obligations: tuple[Obligation, ...] = ()
+        if allowed and spec is not None:
+            # 7. Leases, then budget and taint (DESIGN §2 step 9, applied before the result exists).
+            obligations = self.leases.obligations(task, spec)
+            if not self.state.consume_call(task.task_id, spec.output_labels) and mode is Mode.ENFORCE:
+                allowed, outcome = False, Outcome.DENY
+                reasons = ("budget-exhausted",)
+                obligations = ()
+        elif allowed:
+            allowed = False  # unknown tool: not even shadow mode lets it through
+        # 8. Audit: the decision is chained and written before the call may go ahead.
+        ctx.update(
+            outcome=outcome.value,
+            allowed=allowed,
+            would_deny=allowed and outcome is not Outcome.ALLOW,
+            mode=mode.value,
+            reasons=list(reasons),
+            policy_version=policy_version,
+            owner=agent.owner,
+        )
+        record = self.audit.append("decision", ctx)
+        return Decision(
+            decision_id=decision_id,
+            outcome=outcome,
+            allowed=allowed,
+            mode=mode,
+            reasons=reasons,
+            policy_version=policy_version,
+            task_id=task.task_id,
+            agent_id=task.agent_id,
+            instance_id=task.instance_id,
+            tool=call.tool,
+            args_digest=str(ctx.get("args_digest", "")),
+            obligations=obligations,
+            shadow_reasons=result.shadow_reasons if result else (),
+            audit_seq=record.seq,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _instance_for(self, claims: TaskClaims) -> Instance:
+        instance = self.state.get_instance(claims.instance_id)
+        if instance is None or not instance.active or instance.agent_id != claims.agent_id:
+            raise InvalidToken("the instance is not active", reason="instance_inactive")
+        if instance.jkt != claims.jkt:
+            raise InvalidToken("the token is bound to another key", reason="key_mismatch")
+        return instance
+
+    def _public_key(self, instance: Instance) -> Any:
+        cache_key = (instance.instance_id, instance.jkt)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = load_public_jwk(dict(instance.public_jwk))
+            if len(self._keys) > 50_000:
+                self._keys.clear()
+            self._keys[cache_key] = key
+        return key
+
+    def _policy_request(
+        self,
+        task: Task,
+        instance: Instance,
+        spec: ToolSpec,
+        check: MandateCheck,
+        mode: Mode,
+        anomaly: int,
+        now: float,
+    ) -> PolicyRequest:
+        classes = check.classes
+        context = {
+            "mode": mode.value,
+            "instance": instance.instance_id,
+            "task": {
+                "id": task.task_id,
+                "principal": task.principal_id,
+                "purpose": task.mandate.purpose,
+                "sensitivity_ceiling": int(task.mandate.sensitivity_ceiling),
+                "delegation_depth": task.depth,
+            },
+            "tool_in_mandate": spec.name in task.mandate.tools,
+            "destinations": [str(d) for d in classes.explicit + classes.by_pattern + classes.outside],
+            "destinations_explicit": [str(d) for d in classes.explicit],
+            "destinations_by_pattern": [str(d) for d in classes.by_pattern],
+            "destinations_outside": [str(d) for d in classes.outside],
+            "output_sensitivity": int(spec.output_labels.sensitivity),
+            "output_flags": sorted(spec.output_labels.flags),
+            "taint_sensitivity": int(task.taint.sensitivity),
+            "taint_flags": sorted(task.taint.flags),
+            "budget_remaining": check.budget_remaining,
+            "approved": False,
+            "anomaly_score": anomaly,
+            "delegated": task.parent_id is not None,
+            "hour_utc": time.gmtime(now).tm_hour,
+        }
+        return PolicyRequest(agent_id=task.agent_id, action=spec.privilege.value, tool=spec.name, context=context)
+
+
+def _printable(tool: object) -> str:
+    if isinstance(tool, str) and tool.isascii() and tool.isprintable() and len(tool) <= 200:
+        return tool
+    return "<malformed>"

@@ -1,0 +1,177 @@
+"""The Cedar schema and the baseline policy pack, as text.
+
+Pure data: no imports beyond the standard library, no I/O. ``core.policy``
+compiles these strings into Cedar handles; operators add their own policy files
+on top of ``BASELINE`` and may never replace or shadow a baseline ``@id``.
+
+Every policy carries an ``@id("...")`` annotation (``[a-z0-9][a-z0-9-]{0,62}``);
+the engine uses it as the Cedar policy id, so decision reasons read
+``exfiltration-after-untrusted-read`` rather than ``policy5``. A policy may also
+carry ``@mode("shadow")``: it is evaluated and reported but never decides.
+
+Context values are plain Cedar values built by the pipeline:
+
+* sensitivities are ``Long`` on the lattice ``0 public < 1 internal <
+  2 confidential < 3 restricted`` (``core.labels.Sensitivity``);
+* destinations are ``"kind:value"`` strings (``"email:bob@example.com"``) and
+  are split by how the mandate covers them: ``destinations_explicit`` (an exact
+  mandate entry, a request-derived one, or the principal's own identifiers),
+  ``destinations_by_pattern`` (only a wildcard entry) and
+  ``destinations_outside`` (nothing); ``destinations`` is their union.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ACTIONS: Final[tuple[str, ...]] = ("read", "write", "act")
+"""The privilege classes, which are the Cedar actions a tool call is checked as.
+
+They are leaves: no action groups. Policy slicing in ``core.policy`` relies on
+that (``action in Action::"act"`` matches exactly the ``act`` requests).
+"""
+
+SENSITIVITY_LEVELS: Final[dict[str, int]] = {
+    "public": 0,
+    "internal": 1,
+    "confidential": 2,
+    "restricted": 3,
+}
+
+CONTEXT_ATTRIBUTES: Final[tuple[str, ...]] = (
+    "mode",
+    "instance",
+    "task",
+    "tool_in_mandate",
+    "destinations",
+    "destinations_explicit",
+    "destinations_by_pattern",
+    "destinations_outside",
+    "output_sensitivity",
+    "output_flags",
+    "taint_sensitivity",
+    "taint_flags",
+    "budget_remaining",
+    "approved",
+    "anomaly_score",
+    "delegated",
+    "hour_utc",
+)
+"""Every attribute of a tool-call context; all are required by ``SCHEMA``."""
+
+SCHEMA: Final[str] = r"""
+// Remit's Cedar schema: what a tool-call decision can see.
+
+// A registered agent. uid id = the agent's SPIFFE ID string.
+entity Agent {
+  owner: String,                        // the accountable human or team
+};
+
+// A tool server. uid id = the server's name, e.g. "email".
+entity ToolGroup;
+
+// One tool, from the admin-set catalog. uid id = "server/tool"; its parent is
+// ToolGroup::"server".
+entity Tool in [ToolGroup] {
+  privilege: String,                    // "read" | "write" | "act"
+  risk: Set<String>,                    // catalog risk tags, e.g. "payment"
+};
+
+type TaskInfo = {
+  id: String,
+  principal: String,                    // on whose behalf the task runs
+  purpose: String,
+  sensitivity_ceiling: Long,            // 0 public .. 3 restricted
+  delegation_depth: Long,               // 0 for a root task
+};
+
+// The privilege classes. A tool call is checked as its tool's class.
+action "read", "write", "act" appliesTo {
+  principal: [Agent],
+  resource: [Tool],
+  context: {
+    mode: String,                       // "enforce" | "shadow"
+    instance: String,                   // the calling instance's id
+    task: TaskInfo,
+    tool_in_mandate: Bool,
+    destinations: Set<String>,          // "kind:value" of every destination in the call
+    destinations_explicit: Set<String>, // exact or request-derived entry, or the principal's own
+    destinations_by_pattern: Set<String>, // matched only a wildcard mandate entry
+    destinations_outside: Set<String>,  // matched nothing in the mandate
+    output_sensitivity: Long,           // 0 public, 1 internal, 2 confidential, 3 restricted
+    output_flags: Set<String>,          // e.g. "pii", "untrusted"
+    taint_sensitivity: Long,            // highest sensitivity the task has read so far
+    taint_flags: Set<String>,
+    budget_remaining: Long,             // calls left before this one
+    approved: Bool,                     // a matching human approval was presented
+    anomaly_score: Long,                // 0..100
+    delegated: Bool,
+    hour_utc: Long,
+  },
+};
+"""
+
+BASELINE: Final[str] = r"""
+// Remit baseline pack. Operators add policies; they cannot remove these.
+
+// The one permit: a call inside the task's mandate, within its sensitivity
+// ceiling and budget. Everything else is denied by default.
+@id("permit-within-mandate")
+permit (principal, action, resource)
+when {
+  context.tool_in_mandate &&
+  context.destinations_outside.isEmpty() &&
+  context.output_sensitivity <= context.task.sensitivity_ceiling &&
+  context.budget_remaining > 0
+};
+
+// The forbids below restate the permit's conditions one by one, so that a
+// deny names the rule that failed instead of "no policy permits", and so that
+// an operator permit cannot widen the mandate.
+@id("mandate-tool-scope")
+forbid (principal, action, resource)
+unless { context.tool_in_mandate };
+
+@id("mandate-destination-scope")
+forbid (principal, action, resource)
+when { !context.destinations_outside.isEmpty() };
+
+@id("sensitivity-ceiling")
+forbid (principal, action, resource)
+when { context.output_sensitivity > context.task.sensitivity_ceiling };
+
+@id("budget-exhausted")
+forbid (principal, action, resource)
+when { context.budget_remaining <= 0 };
+
+// After reading content a third party can write, an act may go only to
+// destinations the mandate names explicitly, never to ones merely allowed by a
+// wildcard: injected instructions must not be able to pick the recipient.
+@id("exfiltration-after-untrusted-read")
+forbid (principal, action == Action::"act", resource)
+when {
+  context.taint_flags.contains("untrusted") &&
+  (!context.destinations_outside.isEmpty() ||
+   !context.destinations_by_pattern.isEmpty())
+};
+
+// Same after reading confidential (or restricted) data.
+@id("exfiltration-after-confidential-read")
+forbid (principal, action == Action::"act", resource)
+when {
+  context.taint_sensitivity >= 2 &&
+  (!context.destinations_outside.isEmpty() ||
+   !context.destinations_by_pattern.isEmpty())
+};
+"""
+
+BASELINE_IDS: Final[tuple[str, ...]] = (
+    "permit-within-mandate",
+    "mandate-tool-scope",
+    "mandate-destination-scope",
+    "sensitivity-ceiling",
+    "budget-exhausted",
+    "exfiltration-after-untrusted-read",
+    "exfiltration-after-confidential-read",
+)
+"""The ``@id`` of every baseline policy, in file order (checked by the tests)."""

@@ -1,0 +1,563 @@
+"""Use cases: the core and the store put together. The in-process entry point.
+
+Operators call ``Remit`` directly (or through the HTTP API and CLI, which
+translate and call these methods). Agent instances use ``remit.agent``,
+which makes the proofs and calls the instance-facing methods here.
+
+Every refused request leaves one audit record (``request.rejected`` or a
+refused ``decision``) and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from remit.canonical import JsonLimits, check_json, digest
+from remit.clock import Clock
+from remit.config import Settings
+from remit.core.audit import ChainReport
+from remit.core.catalog import Catalog, catalog_from_data
+from remit.core.destinations import normalize_destination, parse_pattern
+from remit.core.identity import (
+    Agent,
+    AgentStatus,
+    Instance,
+    Mode,
+    Principal,
+    attestation_payload,
+    ceiling_from_data,
+    join_token_hash,
+)
+from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
+from remit.core.labels import Labels
+from remit.core.mandate import Mandate, MandateLimits, build_mandate
+from remit.core.pipeline import CallRequest, Decision, Pipeline, BasicMonitor
+from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity
+from remit.core.secrets import Secret
+from remit.core.tasks import Task, TaskStatus
+from remit.core.tokens import IdentityClaims, TokenService, verify_call_proof
+from remit.errors import (
+    Conflict,
+    InvalidGrant,
+    InvalidProof,
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    RemitError,
+    TokenRevoked,
+)
+from remit.ids import SpiffeId, check_name, check_principal_id, new_id
+from remit.keystore import FileKeyStore
+from remit.store.audit_log import AuditLog
+from remit.store.base import JoinTokenRecord, PolicyVersionRecord
+from remit.store.sql import SqlStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+OPEN_TASK_OP = "remit:open_task"
+END_TASK_OP = "remit:end_task"
+RENEW_IDENTITY_OP = "remit:renew_identity"
+NONCE_TTL = 120.0
+ADMIN_LIMITS = JsonLimits(max_depth=6, max_bytes=64 * 1024, max_string=4096, max_items=1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    instance_id: str
+    agent_id: str
+    identity_token: str
+    expires_at: float
+    issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGrant:
+    task_id: str
+    task_token: str
+    expires_at: float
+    mandate: Mandate
+    notes: tuple[str, ...]
+
+
+class _State:
+    """The pipeline's view of the store."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    def get_task(self, task_id: str) -> Task | None:
+        return self.store.get_task(task_id)
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        return self.store.get_agent(agent_id)
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        return self.store.get_instance(instance_id)
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        return self.store.get_principal(principal_id)
+
+    def ancestors_open(self, task: Task, now: float) -> bool:
+        parent_id = task.parent_id
+        hops = 0
+        while parent_id is not None:
+            parent = self.store.get_task(parent_id)
+            hops += 1
+            if parent is None or parent.effective_status(now) is not TaskStatus.OPEN or hops > 16:
+                return False
+            parent_id = parent.parent_id
+        return True
+
+    def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
+        return self.store.remember_jti(jti, expires_at, now)
+
+    def consume_call(self, task_id: str, taint: Labels) -> bool:
+        return self.store.consume_call(task_id, taint)
+
+
+class Remit:
+    """The Remit service. Build it with ``remit.runtime.build_remit``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: SqlStore,
+        keys: FileKeyStore,
+        clock: Clock,
+        policy: PolicyEngine,
+        audit: AuditLog,
+        catalog: Catalog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.policy = policy
+        self.audit = audit
+        self._catalog = catalog
+        self._lock = threading.Lock()
+        self.tokens = TokenService(
+            keys.keyset, issuer=settings.issuer, audience=settings.audience, clock=clock
+        )
+        self.monitor = BasicMonitor(max_calls_per_minute=settings.max_calls_per_minute)
+        self.mandate_limits = MandateLimits(max_ttl_seconds=settings.max_task_ttl_seconds)
+        self.pipeline = Pipeline(
+            tokens=self.tokens,
+            policy=policy,
+            catalog=lambda: self._catalog,
+            state=_State(store),
+            audit=audit,
+            clock=clock,
+            monitor=self.monitor,
+        )
+        self._refresh_entities()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def close(self) -> None:
+        self.audit.close()
+        self.store.close()
+
+    def _rejected(self, operation: str, exc: RemitError, **context: Any) -> None:
+        data = {"operation": operation, "error": exc.code, "reason": exc.reason, **context}
+        self.audit.append("request.rejected", data)
+
+    def _guard(self, operation: str, fn: Callable[[], R], **context: Any) -> R:
+        """Run ``fn``; on a refusal, write its denial record and re-raise."""
+        try:
+            return fn()
+        except RemitError as exc:
+            if exc.code not in ("audit_unavailable", "store_unavailable"):
+                self._rejected(operation, exc, **context)
+            raise
+
+    def _refresh_entities(self) -> None:
+        agents = [AgentEntity(a.agent_id, a.owner) for a in self.store.list_agents()]
+        tools = [ToolEntity(s.name, s.privilege.value, s.risk) for s in self._catalog.tools.values()]
+        self.policy.set_entities(agents, tools)
+
+    # ------------------------------------------------------------------ catalog and policy
+    def load_catalog(self, data: object) -> Catalog:
+        def run() -> Catalog:
+            catalog = catalog_from_data(data)
+            self._catalog = catalog
+            self._refresh_entities()
+            self.audit.append("catalog.loaded", {"tools": sorted(catalog.tools)})
+            return catalog
+
+        return self._guard("catalog.load", run)
+
+    def load_policies(self, sources: Sequence[PolicySource]) -> str:
+        """Validate and activate an operator policy set; an invalid set is refused whole."""
+        names = [s.name for s in sources]
+        try:
+            version = self.policy.load(sources)
+        except RemitError as exc:
+            self.audit.append(
+                "policy.refused", {"files": names, "error": exc.code, "active": self.policy.version}
+            )
+            raise
+        self.store.save_policy_version(
+            PolicyVersionRecord(version, {s.name: s.text for s in sources}, self.clock.now(), True)
+        )
+        self.audit.append("policy.loaded", {"version": version, "files": names})
+        return version
+
+    # ------------------------------------------------------------------ agents and principals
+    def register_agent(
+        self,
+        name: str,
+        *,
+        owner: str,
+        ceiling: Mapping[str, Any],
+        description: str = "",
+        mode: str = "enforce",
+    ) -> Agent:
+        def run() -> Agent:
+            check_name(name, "agent name")
+            if not isinstance(owner, str) or not 0 < len(owner) <= 256 or not owner.isprintable():
+                raise InvalidRequest("owner must be a short printable string", reason="bad_owner")
+            if not isinstance(description, str) or len(description) > 2000:
+                raise InvalidRequest("description must be at most 2000 characters", reason="bad_description")
+            check_json(dict(ceiling), ADMIN_LIMITS, "ceiling")
+            try:
+                agent_mode = Mode(mode)
+            except ValueError:
+                raise InvalidRequest("mode must be enforce or shadow", reason="bad_mode") from None
+            agent_id = str(SpiffeId.for_agent(self.settings.trust_domain, name))
+            now = self.clock.now()
+            agent = Agent(
+                agent_id=agent_id,
+                name=name,
+                owner=owner,
+                description=description,
+                ceiling=ceiling_from_data(ceiling, self._catalog),
+                status=AgentStatus.ACTIVE,
+                mode=agent_mode,
+                created_at=now,
+                updated_at=now,
+            )
+            self.store.insert_agent(agent)
+            self._refresh_entities()
+            self.audit.append(
+                "agent.registered",
+                {"agent": agent_id, "owner": owner, "ceiling": agent.ceiling.to_data(), "mode": mode},
+            )
+            return agent
+
+        return self._guard("agent.register", run, name=_short(name))
+
+    def get_agent(self, agent_id: str) -> Agent:
+        agent = self.store.get_agent(agent_id)
+        if agent is None:
+            raise NotFound("no such agent", reason="unknown_agent")
+        return agent
+
+    def list_agents(self) -> list[Agent]:
+        return self.store.list_agents()
+
+    def suspend_agent(self, agent_id: str, *, reason: str = "operator") -> Agent:
+        return self._set_agent_status(agent_id, AgentStatus.SUSPENDED, reason)
+
+    def resume_agent(self, agent_id: str) -> Agent:
+        return self._set_agent_status(agent_id, AgentStatus.ACTIVE, "operator")
+
+    def retire_agent(self, agent_id: str, *, reason: str = "operator") -> Agent:
+        return self._set_agent_status(agent_id, AgentStatus.RETIRED, reason)
+
+    def _set_agent_status(self, agent_id: str, status: AgentStatus, reason: str) -> Agent:
+        def run() -> Agent:
+            agent = self.get_agent(agent_id)
+            if agent.status is AgentStatus.RETIRED:
+                raise Conflict("a retired agent cannot change status", reason="agent_retired")
+            updated = agent.with_status(status, self.clock.now())
+            self.store.update_agent(updated)
+            if status is AgentStatus.RETIRED:
+                self.store.deactivate_instances(agent_id)
+            self.audit.append(f"agent.{status.value}", {"agent": agent_id, "reason": _short(reason)})
+            return updated
+
+        return self._guard("agent.status", run, agent=_short(agent_id))
+
+    def set_agent_mode(self, agent_id: str, mode: str) -> Agent:
+        def run() -> Agent:
+            agent = self.get_agent(agent_id)
+            try:
+                new_mode = Mode(mode)
+            except ValueError:
+                raise InvalidRequest("mode must be enforce or shadow", reason="bad_mode") from None
+            from dataclasses import replace
+
+            updated = replace(agent, mode=new_mode, updated_at=self.clock.now())
+            self.store.update_agent(updated)
+            self.audit.append("agent.mode", {"agent": agent_id, "mode": new_mode.value})
+            return updated
+
+        return self._guard("agent.mode", run, agent=_short(agent_id))
+
+    def register_principal(
+        self, principal_id: str, *, display_name: str = "", identifiers: Sequence[str] = ()
+    ) -> Principal:
+        def run() -> Principal:
+            pid = check_principal_id(principal_id)
+            if len(identifiers) > 64:
+                raise InvalidRequest("too many identifiers", reason="bad_principal")
+            parsed = []
+            for text in identifiers:
+                pattern = parse_pattern(text)
+                if pattern.is_wildcard():
+                    raise InvalidRequest("a principal's identifiers must be exact", reason="bad_principal")
+                parsed.append(normalize_destination(pattern.kind, pattern.value))
+            principal = Principal(pid, _short(display_name or pid), tuple(parsed))
+            self.store.upsert_principal(principal)
+            self.audit.append(
+                "principal.registered", {"principal": pid, "identifiers": [str(d) for d in parsed]}
+            )
+            return principal
+
+        return self._guard("principal.register", run)
+
+    # ------------------------------------------------------------------ join tokens and attestation
+    def create_join_token(self, agent_id: str, *, ttl_seconds: int | None = None) -> Secret:
+        """A single-use, short-lived join token for one new instance of ``agent_id``."""
+
+        def run() -> Secret:
+            agent = self.get_agent(agent_id)
+            if agent.status is not AgentStatus.ACTIVE:
+                raise Conflict("the agent is not active", reason="agent_inactive")
+            ttl = ttl_seconds or self.settings.join_token_ttl_seconds
+            if not 0 < ttl <= self.settings.join_token_ttl_seconds:
+                raise InvalidRequest("join token TTL is out of range", reason="bad_ttl")
+            token = "rjt_" + secrets.token_urlsafe(32)
+            now = self.clock.now()
+            token_hash = join_token_hash(token)
+            self.store.insert_join_token(JoinTokenRecord(token_hash, agent_id, now, now + ttl, None, None))
+            self.audit.append(
+                "join_token.created", {"agent": agent_id, "token_ref": token_hash[:16], "expires_at": now + ttl}
+            )
+            return Secret(token)
+
+        return self._guard("join_token.create", run, agent=_short(agent_id))
+
+    def attestation_challenge(self) -> str:
+        nonce = secrets.token_urlsafe(32)
+        self.store.insert_nonce(nonce, self.clock.now() + NONCE_TTL)
+        return nonce
+
+    def attest(self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes) -> Attestation:
+        """Join token + instance public key + its signature over a server nonce -> identity."""
+        token_hash = join_token_hash(join_token) if isinstance(join_token, str) else ""
+
+        def run() -> Attestation:
+            if not isinstance(join_token, str) or not join_token.startswith("rjt_") or len(join_token) > 128:
+                raise InvalidGrant("the join token is malformed", reason="malformed_join_token")
+            key = load_public_jwk(dict(public_jwk) if isinstance(public_jwk, Mapping) else public_jwk)
+            jkt = jwk_thumbprint(key)
+            if not isinstance(nonce, str) or len(nonce) > 128 or not isinstance(signature, bytes):
+                raise InvalidRequest("nonce and signature are required", reason="bad_attestation")
+            now = self.clock.now()
+            if not verify_es256(key, attestation_payload(nonce, jkt), signature):
+                raise InvalidGrant("the attestation signature does not verify", reason="bad_signature")
+            if not self.store.consume_nonce(nonce, now):
+                raise InvalidGrant("the attestation nonce is unknown, used or expired", reason="bad_nonce")
+            record = self.store.get_join_token(token_hash)
+            if record is None:
+                raise InvalidGrant("the join token is not valid", reason="unknown_join_token")
+            instance_id = new_id("ins")
+            if not self.store.consume_join_token(token_hash, now, instance_id):
+                reason = "join_token_reused" if record.used_at is not None else "join_token_expired"
+                if record.used_at is None and record.expires_at > now:
+                    reason = "join_token_reused"  # lost a race with another attestation
+                raise InvalidGrant("the join token was used already or has expired", reason=reason)
+            agent = self.get_agent(record.agent_id)
+            if agent.status is not AgentStatus.ACTIVE:
+                raise InvalidGrant("the agent is not active", reason="agent_inactive")
+            instance = Instance(instance_id, agent.agent_id, jkt, _public_members(public_jwk), now)
+            self.store.insert_instance(instance)
+            token, claims = self.tokens.issue_identity(
+                agent_id=agent.agent_id, instance_id=instance_id, jkt=jkt, ttl=self.settings.identity_ttl_seconds
+            )
+            self.audit.append(
+                "instance.attested",
+                {"agent": agent.agent_id, "instance": instance_id, "jkt": jkt, "token_ref": token_hash[:16]},
+            )
+            return Attestation(instance_id, agent.agent_id, token, claims.expires_at, claims.issued_at)
+
+        return self._guard("instance.attest", run, token_ref=token_hash[:16])
+
+    def _verify_identity_call(self, identity_token: str, proof: str, op: str, body: object) -> tuple[IdentityClaims, Instance]:
+        claims = self.tokens.verify_identity(identity_token)
+        instance = self.store.get_instance(claims.instance_id)
+        if instance is None or not instance.active or instance.jkt != claims.jkt:
+            raise InvalidToken("the instance is not active", reason="instance_inactive")
+        agent = self.store.get_agent(claims.agent_id)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            raise TokenRevoked("the agent is not active", reason="agent_inactive")
+        if not isinstance(proof, str) or len(proof) > 4096:
+            raise InvalidProof("the proof is malformed", reason="malformed")
+        now = self.clock.now()
+        checked = verify_call_proof(
+            proof,
+            public_key=load_public_jwk(dict(instance.public_jwk)),
+            token=identity_token,
+            tool=op,
+            args_digest=digest(body),
+            now=now,
+        )
+        if not self.store.remember_jti(checked.jti, checked.issued_at + 70.0, now):
+            raise InvalidProof("this proof was used before", reason="replayed")
+        return claims, instance
+
+    def renew_identity(self, identity_token: str, proof: str) -> Attestation:
+        """A fresh identity token for the same instance (agents rotate before half-life)."""
+
+        def run() -> Attestation:
+            claims, instance = self._verify_identity_call(identity_token, proof, RENEW_IDENTITY_OP, {})
+            token, new = self.tokens.issue_identity(
+                agent_id=claims.agent_id,
+                instance_id=instance.instance_id,
+                jkt=instance.jkt,
+                ttl=self.settings.identity_ttl_seconds,
+            )
+            self.audit.append("identity.renewed", {"agent": claims.agent_id, "instance": instance.instance_id})
+            return Attestation(instance.instance_id, claims.agent_id, token, new.expires_at, new.issued_at)
+
+        return self._guard("identity.renew", run)
+
+    # ------------------------------------------------------------------ tasks
+    def open_task(self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]) -> TaskGrant:
+        def run() -> TaskGrant:
+            body = {"principal": principal, "intent": intent}
+            check_json(body, ADMIN_LIMITS, "task request")
+            claims, instance = self._verify_identity_call(identity_token, proof, OPEN_TASK_OP, body)
+            principal_id = check_principal_id(principal)
+            if self.store.get_principal(principal_id) is None:
+                raise NotFound("the principal is not registered", reason="unknown_principal")
+            agent = self.get_agent(claims.agent_id)
+            mandate, notes = build_mandate(intent, agent=agent, catalog=self._catalog, limits=self.mandate_limits)
+            now = self.clock.now()
+            task = Task(
+                task_id=new_id("tsk"),
+                agent_id=agent.agent_id,
+                instance_id=instance.instance_id,
+                principal_id=principal_id,
+                parent_id=None,
+                mandate=mandate,
+                mandate_digest=mandate.digest(),
+                status=TaskStatus.OPEN,
+                opened_at=now,
+                expires_at=now + mandate.ttl_seconds,
+                ended_at=None,
+                end_reason=None,
+                calls_used=0,
+                taint=Labels(),
+            )
+            self.store.insert_task(task)
+            ttl = min(float(mandate.ttl_seconds), float(self.settings.task_token_max_ttl_seconds))
+            token, _ = self.tokens.issue_task(
+                agent_id=agent.agent_id,
+                instance_id=instance.instance_id,
+                task_id=task.task_id,
+                jkt=instance.jkt,
+                ttl=ttl,
+                mandate_digest=task.mandate_digest,
+                authorization_details=mandate.authorization_details(),
+            )
+            self.audit.append(
+                "task.opened",
+                {
+                    "task": task.task_id,
+                    "agent": agent.agent_id,
+                    "instance": instance.instance_id,
+                    "principal": principal_id,
+                    "owner": agent.owner,
+                    "mandate": mandate.to_data(),
+                    "mandate_digest": task.mandate_digest,
+                    "notes": list(notes),
+                },
+            )
+            return TaskGrant(task.task_id, token, now + ttl, mandate, notes)
+
+        return self._guard("task.open", run)
+
+    def get_task(self, task_id: str) -> Task:
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise NotFound("no such task", reason="unknown_task")
+        return task
+
+    def end_task(self, task_token: str, proof: str) -> list[str]:
+        """The instance ends its own task; everything derived from it is revoked."""
+
+        def run() -> list[str]:
+            claims = self.tokens.verify_task(task_token)
+            instance = self.store.get_instance(claims.instance_id)
+            if instance is None or instance.jkt != claims.jkt:
+                raise InvalidToken("the instance is not active", reason="instance_inactive")
+            now = self.clock.now()
+            checked = verify_call_proof(
+                proof,
+                public_key=load_public_jwk(dict(instance.public_jwk)),
+                token=task_token,
+                tool=END_TASK_OP,
+                args_digest=digest({"task": claims.task_id}),
+                now=now,
+            )
+            if not self.store.remember_jti(checked.jti, checked.issued_at + 70.0, now):
+                raise InvalidProof("this proof was used before", reason="replayed")
+            return self._end(claims.task_id, TaskStatus.ENDED, "completed", actor=claims.instance_id)
+
+        return self._guard("task.end", run)
+
+    def revoke_task(self, task_id: str, *, reason: str = "operator") -> list[str]:
+        """An operator ends a task (and its descendants) now."""
+        return self._guard("task.revoke", lambda: self._end(task_id, TaskStatus.REVOKED, _short(reason), "operator"))
+
+    def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> list[str]:
+        task = self.get_task(task_id)
+        ended = self.store.end_task_tree(task.task_id, status, reason, self.clock.now())
+        self.audit.append(
+            f"task.{status.value}", {"task": task_id, "reason": reason, "actor": actor, "closed": ended}
+        )
+        return ended
+
+    def sweep(self) -> list[str]:
+        """Record the expiry of tasks whose TTL has run out (they are refused already)."""
+        now = self.clock.now()
+        expired = self.store.expire_tasks(now)
+        for task_id in expired:
+            self.audit.append("task.expired", {"task": task_id, "reason": "ttl"})
+        self.store.sweep_jtis(now)
+        return expired
+
+    # ------------------------------------------------------------------ the decision
+    def authorize(
+        self, *, task_token: str, proof: str, tool: str, arguments: Mapping[str, Any], approval: str | None = None
+    ) -> Decision:
+        return self.pipeline.authorize(CallRequest(task_token, proof, tool, arguments, approval))
+
+    # ------------------------------------------------------------------ audit
+    def verify_audit(self) -> ChainReport:
+        self.audit.flush()
+        return self.audit.verify()
+
+    def jwks(self) -> dict[str, Any]:
+        return self.tokens.jwks()
+
+
+def _short(text: object, limit: int = 200) -> str:
+    value = text if isinstance(text, str) else repr(type(text))
+    return value[:limit].encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _public_members(jwk: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(jwk[k]) for k in ("kty", "crv", "x", "y")}

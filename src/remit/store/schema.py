@@ -1,0 +1,160 @@
+"""Table definitions (SQLAlchemy Core) and forward-only migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("agent_id", String(2048), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("owner", String(256), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("ceiling", Text, nullable=False),  # canonical JSON
+    Column("status", String(16), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+principals = Table(
+    "principals",
+    metadata,
+    Column("principal_id", String(256), primary_key=True),
+    Column("display_name", String(256), nullable=False),
+    Column("identifiers", Text, nullable=False),  # JSON list of "kind:value"
+)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("agent_id", String(2048), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    Column("used_by", String(128), nullable=True),
+)
+
+attestation_nonces = Table(
+    "attestation_nonces",
+    metadata,
+    Column("nonce", String(128), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("instance_id", String(128), primary_key=True),
+    Column("agent_id", String(2048), nullable=False, index=True),
+    Column("jkt", String(64), nullable=False, unique=True),
+    Column("public_jwk", Text, nullable=False),
+    Column("attested_at", Float, nullable=False),
+    Column("active", Boolean, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(128), primary_key=True),
+    Column("agent_id", String(2048), nullable=False),
+    Column("instance_id", String(128), nullable=False),
+    Column("principal_id", String(256), nullable=False),
+    Column("parent_id", String(128), nullable=True, index=True),
+    Column("depth", Integer, nullable=False),
+    Column("mandate", Text, nullable=False),
+    Column("mandate_digest", String(80), nullable=False),
+    Column("call_budget", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", String(64), nullable=True),
+    Column("calls_used", Integer, nullable=False),
+    Column("taint", Text, nullable=False),  # JSON list of labels
+    Index("ix_tasks_status_expires", "status", "expires_at"),
+)
+
+proof_jtis = Table(
+    "proof_jtis",
+    metadata,
+    Column("jti", String(160), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # canonical JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("sources", Text, nullable=False),  # JSON {file: text}
+    Column("loaded_at", Float, nullable=False),
+    Column("active", Boolean, nullable=False),
+)
+
+V1_TABLES = [
+    agents,
+    principals,
+    join_tokens,
+    attestation_nonces,
+    instances,
+    tasks,
+    proof_jtis,
+    audit_events,
+    audit_checkpoints,
+    policy_versions,
+]
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=V1_TABLES)
+
+
+# Forward-only: append new steps, never edit an applied one.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]

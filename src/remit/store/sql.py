@@ -1,0 +1,449 @@
+"""The SQL store: SQLAlchemy Core over SQLite (embedded default, WAL) or PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from remit.canonical import canonical_bytes_unchecked
+from remit.core.audit import AuditRecord, Checkpoint
+from remit.core.destinations import Destination
+from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
+from remit.core.labels import Labels
+from remit.core.mandate import Mandate
+from remit.core.tasks import Task, TaskStatus
+from remit.errors import Conflict, StoreUnavailable
+from remit.store import schema as t
+from remit.store.base import JoinTokenRecord, PolicyVersionRecord
+
+MAX_TREE = 10_000
+
+
+def _dumps(value: Any) -> str:
+    return canonical_bytes_unchecked(value).decode("utf-8")
+
+
+class SqlStore:
+    """One implementation for SQLite and PostgreSQL. Thread-safe: one connection per operation."""
+
+    def __init__(self, url: str, *, durable: bool = True, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            synchronous = "FULL" if durable else "NORMAL"
+
+            @event.listens_for(self.engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute(f"PRAGMA synchronous={synchronous}")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StoreUnavailable("the store is unavailable", reason=type(exc).__name__) from exc
+
+    def migrate(self) -> int:
+        with self._tx() as conn:
+            t.schema_migrations.create(conn, checkfirst=True)
+            applied = {row[0] for row in conn.execute(select(t.schema_migrations.c.version))}
+            for version, step in t.MIGRATIONS:
+                if version in applied:
+                    continue
+                step(conn)
+                conn.execute(insert(t.schema_migrations).values(version=version, applied_at=time.time()))
+            return max([v for v, _ in t.MIGRATIONS])
+
+    def schema_version(self) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(select(func.max(t.schema_migrations.c.version))).scalar_one() or 0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ agents
+    def _agent_row(self, agent: Agent) -> dict[str, Any]:
+        return {
+            "agent_id": agent.agent_id,
+            "name": agent.name,
+            "owner": agent.owner,
+            "description": agent.description,
+            "ceiling": _dumps(agent.ceiling.to_data()),
+            "status": agent.status.value,
+            "mode": agent.mode.value,
+            "created_at": agent.created_at,
+            "updated_at": agent.updated_at,
+        }
+
+    @staticmethod
+    def _agent_from(row: Any) -> Agent:
+        return Agent(
+            agent_id=row.agent_id,
+            name=row.name,
+            owner=row.owner,
+            description=row.description,
+            ceiling=ceiling_from_data(json.loads(row.ceiling)),
+            status=AgentStatus(row.status),
+            mode=Mode(row.mode),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def insert_agent(self, agent: Agent) -> None:
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(t.agents).values(**self._agent_row(agent)))
+        except IntegrityError:
+            raise Conflict("an agent with this id exists already", reason="agent_exists") from None
+
+    def update_agent(self, agent: Agent) -> None:
+        with self._tx() as conn:
+            row = self._agent_row(agent)
+            conn.execute(update(t.agents).where(t.agents.c.agent_id == agent.agent_id).values(**row))
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.agents).where(t.agents.c.agent_id == agent_id)).first()
+        return self._agent_from(row) if row else None
+
+    def list_agents(self) -> list[Agent]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.agents).order_by(t.agents.c.agent_id)).all()
+        return [self._agent_from(r) for r in rows]
+
+    def upsert_principal(self, principal: Principal) -> None:
+        values = {
+            "principal_id": principal.principal_id,
+            "display_name": principal.display_name,
+            "identifiers": _dumps([str(d) for d in principal.identifiers]),
+        }
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.principals).where(t.principals.c.principal_id == principal.principal_id).values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(t.principals).values(**values))
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.principals).where(t.principals.c.principal_id == principal_id)).first()
+        if row is None:
+            return None
+        identifiers = tuple(_destination(s) for s in json.loads(row.identifiers))
+        return Principal(row.principal_id, row.display_name, identifiers)
+
+    # ------------------------------------------------------------------ join tokens, nonces
+    def insert_join_token(self, record: JoinTokenRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.join_tokens).values(
+                    token_hash=record.token_hash,
+                    agent_id=record.agent_id,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                    used_at=None,
+                    used_by=None,
+                )
+            )
+
+    def get_join_token(self, token_hash: str) -> JoinTokenRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.join_tokens).where(t.join_tokens.c.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        return JoinTokenRecord(row.token_hash, row.agent_id, row.created_at, row.expires_at, row.used_at, row.used_by)
+
+    def consume_join_token(self, token_hash: str, now: float, used_by: str) -> bool:
+        c = t.join_tokens.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.join_tokens)
+                .where(c.token_hash == token_hash, c.used_at.is_(None), c.expires_at > now)
+                .values(used_at=now, used_by=used_by)
+            )
+            return done.rowcount == 1
+
+    def insert_nonce(self, nonce: str, expires_at: float) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(t.attestation_nonces).values(nonce=nonce, expires_at=expires_at, used_at=None))
+
+    def consume_nonce(self, nonce: str, now: float) -> bool:
+        c = t.attestation_nonces.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.attestation_nonces)
+                .where(c.nonce == nonce, c.used_at.is_(None), c.expires_at > now)
+                .values(used_at=now)
+            )
+            conn.execute(delete(t.attestation_nonces).where(c.expires_at < now - 3600))
+            return done.rowcount == 1
+
+    # ------------------------------------------------------------------ instances
+    def insert_instance(self, instance: Instance) -> None:
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(t.instances).values(
+                        instance_id=instance.instance_id,
+                        agent_id=instance.agent_id,
+                        jkt=instance.jkt,
+                        public_jwk=_dumps(dict(instance.public_jwk)),
+                        attested_at=instance.attested_at,
+                        active=instance.active,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict("this key is bound to another instance already", reason="key_in_use") from None
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.instances).where(t.instances.c.instance_id == instance_id)).first()
+        if row is None:
+            return None
+        return Instance(
+            row.instance_id, row.agent_id, row.jkt, json.loads(row.public_jwk), row.attested_at, bool(row.active)
+        )
+
+    def deactivate_instances(self, agent_id: str) -> int:
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.instances).where(t.instances.c.agent_id == agent_id).values(active=False)
+            )
+            return int(done.rowcount)
+
+    # ------------------------------------------------------------------ tasks
+    def insert_task(self, task: Task) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.tasks).values(
+                    task_id=task.task_id,
+                    agent_id=task.agent_id,
+                    instance_id=task.instance_id,
+                    principal_id=task.principal_id,
+                    parent_id=task.parent_id,
+                    depth=task.depth,
+                    mandate=_dumps(task.mandate.to_data()),
+                    mandate_digest=task.mandate_digest,
+                    call_budget=task.mandate.call_budget,
+                    status=task.status.value,
+                    opened_at=task.opened_at,
+                    expires_at=task.expires_at,
+                    ended_at=task.ended_at,
+                    end_reason=task.end_reason,
+                    calls_used=task.calls_used,
+                    taint=_dumps(task.taint.as_list()),
+                )
+            )
+
+    @staticmethod
+    def _task_from(row: Any) -> Task:
+        return Task(
+            task_id=row.task_id,
+            agent_id=row.agent_id,
+            instance_id=row.instance_id,
+            principal_id=row.principal_id,
+            parent_id=row.parent_id,
+            mandate=Mandate.from_data(json.loads(row.mandate)),
+            mandate_digest=row.mandate_digest,
+            status=TaskStatus(row.status),
+            opened_at=row.opened_at,
+            expires_at=row.expires_at,
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
+            calls_used=row.calls_used,
+            taint=Labels.parse(json.loads(row.taint)),
+            depth=row.depth,
+        )
+
+    def get_task(self, task_id: str) -> Task | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.tasks).where(t.tasks.c.task_id == task_id)).first()
+        return self._task_from(row) if row else None
+
+    def end_task_tree(self, task_id: str, status: TaskStatus, reason: str, now: float) -> list[str]:
+        """End a task and revoke every open descendant, in one transaction."""
+        c = t.tasks.c
+        ended: list[str] = []
+        with self._tx() as conn:
+            frontier = [task_id]
+            seen: set[str] = set()
+            while frontier and len(seen) < MAX_TREE:
+                current = frontier.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                new_status = status if current == task_id else TaskStatus.REVOKED
+                new_reason = reason if current == task_id else f"ancestor {reason}"
+                done = conn.execute(
+                    update(t.tasks)
+                    .where(c.task_id == current, c.status == TaskStatus.OPEN.value)
+                    .values(status=new_status.value, ended_at=now, end_reason=new_reason)
+                )
+                if done.rowcount:
+                    ended.append(current)
+                children = conn.execute(select(c.task_id).where(c.parent_id == current)).scalars().all()
+                frontier.extend(children)
+        return ended
+
+    def expire_tasks(self, now: float) -> list[str]:
+        c = t.tasks.c
+        with self._tx() as conn:
+            ids = conn.execute(
+                select(c.task_id).where(c.status == TaskStatus.OPEN.value, c.expires_at <= now)
+            ).scalars().all()
+        expired: list[str] = []
+        for task_id in ids:
+            expired.extend(self.end_task_tree(task_id, TaskStatus.EXPIRED, "ttl", now))
+        return expired
+
+    def consume_call(self, task_id: str, taint: Labels) -> bool:
+        c = t.tasks.c
+        with self._tx() as conn:
+            row = conn.execute(select(c.taint).where(c.task_id == task_id)).first()
+            if row is None:
+                return False
+            joined = Labels.parse(json.loads(row.taint)).join(taint)
+            done = conn.execute(
+                update(t.tasks)
+                .where(c.task_id == task_id, c.calls_used < c.call_budget, c.status == TaskStatus.OPEN.value)
+                .values(calls_used=c.calls_used + 1, taint=_dumps(joined.as_list()))
+            )
+            return done.rowcount == 1
+
+    def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
+        c = t.proof_jtis.c
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(t.proof_jtis).values(jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            with self._tx() as conn:
+                # An expired entry may be reused only after it has been swept.
+                conn.execute(delete(t.proof_jtis).where(c.expires_at < now))
+            return False
+        return True
+
+    def sweep_jtis(self, now: float) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(delete(t.proof_jtis).where(t.proof_jtis.c.expires_at < now)).rowcount)
+
+    # ------------------------------------------------------------------ audit
+    def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "seq": r.seq,
+                "event_id": r.event_id,
+                "ts": r.ts,
+                "kind": r.kind,
+                "data": _dumps(dict(r.data)),
+                "prev_hash": r.prev_hash,
+                "hash": r.hash,
+            }
+            for r in records
+        ]
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(t.audit_events), rows)
+        except IntegrityError as exc:
+            raise StoreUnavailable("audit append conflicts with the stored chain", reason="audit_conflict") from exc
+
+    @staticmethod
+    def _record_from(row: Any) -> AuditRecord:
+        return AuditRecord(row.seq, row.event_id, row.ts, row.kind, json.loads(row.data), row.prev_hash, row.hash)
+
+    def audit_head(self) -> AuditRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq.desc()).limit(1)).first()
+        return self._record_from(row) if row else None
+
+    def iter_audit(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+        page = 1000
+        last = after_seq
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    select(t.audit_events)
+                    .where(t.audit_events.c.seq > last)
+                    .order_by(t.audit_events.c.seq)
+                    .limit(page)
+                ).all()
+            for row in rows:
+                yield self._record_from(row)
+            if len(rows) < page:
+                return
+            last = rows[-1].seq
+
+    def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.audit_checkpoints).values(
+                    seq=checkpoint.seq,
+                    head_hash=checkpoint.head_hash,
+                    ts=checkpoint.ts,
+                    kid=checkpoint.kid,
+                    signature=checkpoint.signature,
+                )
+            )
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.audit_checkpoints).order_by(t.audit_checkpoints.c.seq)).all()
+        return [Checkpoint(r.seq, r.head_hash, r.ts, r.kid, r.signature) for r in rows]
+
+    # ------------------------------------------------------------------ policy versions
+    def save_policy_version(self, record: PolicyVersionRecord) -> None:
+        c = t.policy_versions.c
+        with self._tx() as conn:
+            if record.active:
+                conn.execute(update(t.policy_versions).values(active=False))
+            done = conn.execute(
+                update(t.policy_versions).where(c.version == record.version).values(active=record.active)
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    insert(t.policy_versions).values(
+                        version=record.version,
+                        sources=_dumps(record.sources),
+                        loaded_at=record.loaded_at,
+                        active=record.active,
+                    )
+                )
+
+    def active_policy_version(self) -> PolicyVersionRecord | None:
+        c = t.policy_versions.c
+        with self._tx() as conn:
+            row = conn.execute(select(t.policy_versions).where(c.active.is_(True))).first()
+        if row is None:
+            return None
+        return PolicyVersionRecord(row.version, json.loads(row.sources), row.loaded_at, bool(row.active))
+
+
+def _destination(text: str) -> Destination:
+    from remit.core.destinations import normalize_destination
+
+    kind, _, value = text.partition(":")
+    return normalize_destination(kind, value)
