@@ -23,7 +23,8 @@ class Settings:
     task_token_max_ttl_seconds: int = 900
     max_task_ttl_seconds: int = 3600
     join_token_ttl_seconds: int = 600
-    audit_durable: bool = True
+    audit_durable: bool = True  # a decision returns only after its audit record is committed
+    sqlite_synchronous: str = "NORMAL"  # FULL: survive power loss too, at one fsync per group
     audit_checkpoint_every: int = 1000
     max_calls_per_minute: int = 600
     key_overlap_seconds: int = 7200

@@ -52,7 +52,7 @@ def read_policy_dir(path: Path) -> list[PolicySource]:
 def build_remit(settings: Settings, *, clock: Clock | None = None, catalog: Catalog | None = None) -> Remit:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(settings.effective_database_url, durable=settings.audit_durable)
+    store = SqlStore(settings.effective_database_url, synchronous=settings.sqlite_synchronous)
     store.migrate()
     keys = FileKeyStore(settings.key_dir, clock)
     keys.keyset()

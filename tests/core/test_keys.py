@@ -126,7 +126,9 @@ def test_load_public_jwk_refuses_private_key() -> None:
 
 
 def test_load_public_jwk_refuses_other_curves_and_types() -> None:
-    p384 = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    p384 = json.loads(
+        jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key())
+    )
     bad_jwk(p384)
     bad_jwk({**RFC9449_JWK, "crv": "P-384"})
     bad_jwk({**RFC9449_JWK, "crv": "secp256k1"})

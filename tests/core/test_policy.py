@@ -111,7 +111,10 @@ def test_call_within_mandate_is_allowed(engine: PolicyEngine, action: str) -> No
     [
         ({"tool_in_mandate": False}, "mandate-tool-scope"),
         (
-            {"destinations": ["email:eve@evil.test"], "destinations_outside": ["email:eve@evil.test"]},
+            {
+                "destinations": ["email:eve@evil.test"],
+                "destinations_outside": ["email:eve@evil.test"],
+            },
             "mandate-destination-scope",
         ),
         ({"output_sensitivity": 2}, "sensitivity-ceiling"),
@@ -120,7 +123,7 @@ def test_call_within_mandate_is_allowed(engine: PolicyEngine, action: str) -> No
     ],
 )
 def test_baseline_denials_name_their_rule(
-    engine: PolicyEngine, overrides: dict[str, object], reason: str
+    engine: PolicyEngine, overrides: dict[str, Any], reason: str
 ) -> None:
     result = engine.evaluate(call("write", "docs/edit", **overrides))
     assert not result.allowed
@@ -135,11 +138,11 @@ def test_several_violations_are_all_reported(engine: PolicyEngine) -> None:
     assert explain(result) == "denied by budget-exhausted, mandate-tool-scope"
 
 
-PATTERN_ONLY = {
+PATTERN_ONLY: dict[str, Any] = {
     "destinations": ["email:bob@partner.example"],
     "destinations_by_pattern": ["email:bob@partner.example"],
 }
-EXPLICIT = {
+EXPLICIT: dict[str, Any] = {
     "destinations": ["email:bob@partner.example"],
     "destinations_explicit": ["email:bob@partner.example"],
 }
@@ -285,7 +288,7 @@ def test_task_missing_an_attribute_denies(engine: PolicyEngine) -> None:
     ],
 )
 def test_context_with_wrong_type_or_extra_attribute_denies(
-    engine: PolicyEngine, overrides: dict[str, object]
+    engine: PolicyEngine, overrides: dict[str, Any]
 ) -> None:
     result = engine.evaluate(call(**overrides))
     assert not result.allowed
@@ -511,7 +514,9 @@ def test_version_ids_are_stable_and_canonical() -> None:
     assert PolicyEngine().load(reordered) == first
     # Any semantic change gives a new version.
     changed = HOURS.replace("< 6", "< 5")
-    assert PolicyEngine().load([src(changed), src('@id("x") forbid (principal, action, resource);')])
+    assert PolicyEngine().load(
+        [src(changed), src('@id("x") forbid (principal, action, resource);')]
+    )
     assert PolicyEngine().load([src(changed)]) != first
 
 
@@ -567,9 +572,7 @@ def test_toolgroup_scoped_operator_policy() -> None:
     )
     engine.set_entities(AGENTS, TOOLS)
     version = engine.version
-    assert engine.evaluate(call("act", "email/send", hour_utc=3)).reasons == (
-        "email-office-hours",
-    )
+    assert engine.evaluate(call("act", "email/send", hour_utc=3)).reasons == ("email-office-hours",)
     assert engine.evaluate(call("read", "email/search", hour_utc=3)).reasons == (
         "email-office-hours",
     )
@@ -589,7 +592,8 @@ def test_principal_owner_policy_uses_agent_entities() -> None:
             src(
                 '@id("no-mallory-payments")\n'
                 'forbid (principal, action == Action::"act", resource is Tool)\n'
-                'when { principal.owner == "mallory@example.com" && resource.risk.contains("payment") };'
+                'when { principal.owner == "mallory@example.com"\n'
+                '       && resource.risk.contains("payment") };'
             )
         ]
     )
@@ -668,7 +672,8 @@ def test_action_list_and_is_in_scopes_slice() -> None:
             src(
                 '@id("p1") permit (principal, action in [Action::"read", Action::"write"], '
                 'resource is Tool in ToolGroup::"docs");\n'
-                '@id("p2") permit (principal, action in Action::"act", resource in Tool::"docs/x");\n'
+                '@id("p2") permit (principal, action in Action::"act", '
+                'resource in Tool::"docs/x");\n'
                 '@id("p3") permit (principal, action, resource is Tool);\n'
             )
         ]
@@ -802,9 +807,7 @@ def test_sliced_and_unsliced_evaluation_agree() -> None:
         assert _decision(sliced) == _decision(whole), request
         assert whole.evaluated == total
         sizes.append(sliced.evaluated)
-        outcomes.add(
-            (sliced.allowed, POLICY_ERROR in sliced.reasons, bool(sliced.shadow_reasons))
-        )
+        outcomes.add((sliced.allowed, POLICY_ERROR in sliced.reasons, bool(sliced.shadow_reasons)))
     # The corpus exercises allows, denies, errors and shadow reports, on small slices.
     assert {(True, False, False), (False, False, False), (False, True, False)} <= outcomes
     assert any(shadow for _, _, shadow in outcomes)

@@ -157,8 +157,7 @@ def explain(result: PolicyResult) -> str:
 @dataclass(frozen=True, slots=True)
 class _Policy:
     id: str
-    source: str
-    effect: str
+    source: str  # the file it came from
     shadow: bool
     actions: frozenset[str] | None  # None: any action
     resource: tuple[str, str]  # (_ANY, ""), ("tool", name) or ("group", name)
@@ -168,7 +167,7 @@ class _Policy:
 @dataclass(frozen=True, slots=True)
 class _Slice:
     enforce: Any  # cedarpy.PolicySet without shadow policies: decides
-    full: Any  # cedarpy.PolicySet with them, or None when the slice has none
+    full: Any  # cedarpy.PolicySet with them too, or None when the slice has none
     size: int
     shadow_ids: frozenset[str]
 
@@ -311,7 +310,7 @@ class PolicyEngine:
             return PolicyResult(
                 allowed=False,
                 reasons=(POLICY_ERROR,),
-                errors=(f"request could not be encoded: {type(exc).__name__}",),
+                errors=(f"request could not be prepared: {type(exc).__name__}",),
                 version=compiled.version,
             )
 
@@ -442,7 +441,6 @@ class PolicyEngine:
                 _Policy(
                     id=policy_id,
                     source=name,
-                    effect=str(est.get("effect")),
                     shadow=mode == "shadow",
                     actions=_action_scope(est.get("action")),
                     resource=_resource_scope(est.get("resource")),

@@ -197,36 +197,48 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 
 
 def _split(
-    token: object, typ: str, allowed: frozenset[str], error: type[RemitError]
-) -> tuple[dict[str, Any], str]:
-    """Check size, shape and the untrusted header; return the header and the signature segment."""
+    token: object,
+    typ: str,
+    allowed: frozenset[str],
+    error: type[RemitError],
+    known: tuple[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], str, str, bytes]:
+    """Check size, shape and the untrusted header.
+
+    Returns the header, the signing input, the payload segment and the raw
+    signature. ``known`` is a header segment already known to be good, with its
+    parsed form, to skip parsing the usual header.
+    """
     if not isinstance(token, str):
         _fail(error, "malformed", "token must be a string")
     if len(token) > MAX_TOKEN_BYTES:
         _fail(error, "too_large", f"token is too large (max {MAX_TOKEN_BYTES} bytes)")
     if not token.isascii() or not _JWS.fullmatch(token):
         _fail(error, "malformed", "token is not a compact JWS")
-    header_segment, _, rest = token.partition(".")
-    _, _, signature_segment = rest.partition(".")
-    try:
-        header = _json_object(_b64decode(header_segment))
-    except (binascii.Error, ValueError):
-        header = None
-    if header is None:
-        _fail(error, "malformed", "token header is not a JSON object")
+    signing_input, _, signature_segment = token.rpartition(".")
+    header_segment, _, payload_segment = signing_input.partition(".")
+    if known is not None and header_segment == known[0]:
+        header = known[1]
+    else:
+        try:
+            parsed = _json_object(_b64decode(header_segment))
+        except (binascii.Error, ValueError):
+            parsed = None
+        if parsed is None:
+            _fail(error, "malformed", "token header is not a JSON object")
+        header = parsed
     if header.get("alg") != ALG:
         _fail(error, "alg_not_allowed", "token algorithm is not allowed (ES256 only)")
     # An ES256 signature is 64 bytes: 86 characters, in its one canonical spelling,
     # so a token has exactly one string form (and one cache entry).
-    if len(signature_segment) != _SIGNATURE_CHARS or (
-        b64url_encode(_b64decode(signature_segment)) != signature_segment
-    ):
+    signature = _b64decode(signature_segment) if len(signature_segment) == _SIGNATURE_CHARS else b""
+    if not signature or b64url_encode(signature) != signature_segment:
         _fail(error, "malformed", "token signature is not 64 bytes of canonical base64url")
     if not header.keys() <= allowed:
         _fail(error, "header_not_allowed", "token header has a member that is not allowed")
     if header.get("typ") != typ:
         _fail(error, "typ_mismatch", "token is not of the expected type")
-    return header, signature_segment
+    return header, signing_input, payload_segment, signature
 
 
 def _number(payload: Mapping[str, Any], name: str, error: type[RemitError]) -> float:
@@ -449,7 +461,7 @@ class TokenService:
                     return claims
                 # The signing key has left the key set: verify afresh (and fail).
                 self._evict(token)
-        header, _ = _split(token, typ, _TOKEN_HEADER, InvalidToken)
+        header, _, _, _ = _split(token, typ, _TOKEN_HEADER, InvalidToken)
         kid = header.get("kid")
         key = self._keys().get(kid) if isinstance(kid, str) else None
         if key is None:
@@ -586,6 +598,7 @@ def _check_actor(actor: object) -> dict[str, Any]:
 _PROOF_HEADER_SEGMENT: Final = b64url_encode(
     json.dumps({"alg": ALG, "typ": PROOF_TYP}, separators=(",", ":")).encode("ascii")
 )
+_PROOF_HEADER_KNOWN: Final = (_PROOF_HEADER_SEGMENT, {"alg": ALG, "typ": PROOF_TYP})
 
 
 def make_call_proof(
@@ -640,18 +653,17 @@ def verify_call_proof(
     Raises ``InvalidProof``. The proof's ``jti`` is returned for the caller's
     replay check, which needs storage and so is not done here.
     """
-    _split(proof, PROOF_TYP, _PROOF_HEADER, InvalidProof)
-    signing_input, _, signature_segment = proof.rpartition(".")
-    _, _, payload_segment = signing_input.partition(".")
-    try:
-        signature = _b64decode(signature_segment)
-        raw_payload = _b64decode(payload_segment)
-    except (binascii.Error, ValueError):
-        _fail(InvalidProof, "malformed", "proof is not valid base64url")
+    _, signing_input, payload_segment, signature = _split(
+        proof, PROOF_TYP, _PROOF_HEADER, InvalidProof, _PROOF_HEADER_KNOWN
+    )
     if not verify_es256(public_key, signing_input.encode("ascii"), signature):
         _fail(InvalidProof, "bad_signature", "proof signature is not valid for the instance key")
-    payload = _json_object(raw_payload)
-    if payload is None:
+    # Parsed only once the signature holds; the signer is the only party that reads it.
+    try:
+        payload = json.loads(_b64decode(payload_segment))
+    except (binascii.Error, ValueError, RecursionError):
+        payload = None
+    if not isinstance(payload, dict):
         _fail(InvalidProof, "malformed", "proof payload is not a JSON object")
     ath = payload.get("ath")
     if not isinstance(ath, str) or not hmac.compare_digest(ath, token_hash(token)):

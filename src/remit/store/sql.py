@@ -34,7 +34,7 @@ def _dumps(value: Any) -> str:
 class SqlStore:
     """One implementation for SQLite and PostgreSQL. Thread-safe: one connection per operation."""
 
-    def __init__(self, url: str, *, durable: bool = True, echo: bool = False) -> None:
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", echo: bool = False) -> None:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -44,7 +44,9 @@ class SqlStore:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            synchronous = "FULL" if durable else "NORMAL"
+            # WAL + NORMAL survives a process crash; FULL also survives power loss (one fsync per group).
+            if synchronous not in ("NORMAL", "FULL"):
+                raise ValueError("synchronous must be NORMAL or FULL")
 
             @event.listens_for(self.engine, "connect")
             def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
