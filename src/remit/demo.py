@@ -98,11 +98,12 @@ def run_demo(data_dir: Path, console: Console) -> bool:
         table = Table(title="decisions", title_justify="left")
         table.add_column("call")
         table.add_column("verdict")
-        table.add_column("why")
+        table.add_column("why", overflow="fold")
         for row in steps:
             table.add_row(*row)
         console.print(table)
 
+        remit.audit.checkpoint()
         report = remit.verify_audit()
         style = "green" if report.ok else "bold red"
         console.print(f"[{style}]{report.summary()}[/]")
