@@ -42,7 +42,15 @@ tools:
 """
 
 CEILING: dict[str, Any] = {
-    "tools": ["ticket/read", "crm/read", "crm/export", "docs/read", "notes/write", "email/send", "shadow/tool"],
+    "tools": [
+        "ticket/read",
+        "crm/read",
+        "crm/export",
+        "docs/read",
+        "notes/write",
+        "email/send",
+        "shadow/tool",
+    ],
     "privileges": ["read", "write", "act"],
     "destinations": ["email:*"],
     "max_sensitivity": "restricted",

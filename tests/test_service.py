@@ -120,13 +120,18 @@ def test_budget_is_enforced(agent_session: AgentSession) -> None:
 
 def test_intent_beyond_ceiling_is_refused(remit: Remit, clock: ManualClock) -> None:
     agent = remit.register_agent(
-        "narrow", owner="ops", ceiling={"tools": ["docs/read"], "privileges": ["read"], "max_sensitivity": "public"}
+        "narrow",
+        owner="ops",
+        ceiling={"tools": ["docs/read"], "privileges": ["read"], "max_sensitivity": "public"},
     )
     session = AgentSession.attest(remit, remit.create_join_token(agent.agent_id), clock=clock)
     with pytest.raises(Denied):
         session.open_task(principal=PRINCIPAL, intent={"purpose": "x", "tools": ["email/send"]})
     with pytest.raises(Denied):
-        session.open_task(principal=PRINCIPAL, intent={"purpose": "x", "tools": ["docs/read"], "sensitivity": "internal"})
+        session.open_task(
+            principal=PRINCIPAL,
+            intent={"purpose": "x", "tools": ["docs/read"], "sensitivity": "internal"},
+        )
 
 
 def test_empty_tool_scope_is_an_error(agent_session: AgentSession) -> None:
@@ -136,7 +141,9 @@ def test_empty_tool_scope_is_an_error(agent_session: AgentSession) -> None:
 
 def test_unknown_principal_is_refused(agent_session: AgentSession) -> None:
     with pytest.raises(RemitError) as info:
-        agent_session.open_task(principal="user:nobody@x.example", intent={"purpose": "x", "tools": ["docs/read"]})
+        agent_session.open_task(
+            principal="user:nobody@x.example", intent={"purpose": "x", "tools": ["docs/read"]}
+        )
     assert info.value.code == "not_found"
 
 
@@ -144,13 +151,19 @@ def test_unknown_principal_is_refused(agent_session: AgentSession) -> None:
 
 
 @pytest.mark.parametrize("read_tool", ["ticket/read", "crm/read"])
-def test_act_after_sensitive_read_only_to_explicit_destinations(task: TaskSession, read_tool: str) -> None:
+def test_act_after_sensitive_read_only_to_explicit_destinations(
+    task: TaskSession, read_tool: str
+) -> None:
     # Before any read, the wildcard mandate entry is enough.
     assert task.authorize("email/send", {"to": "carol@partner.example"}).allowed
     assert task.authorize(read_tool, {"id": 1}).allowed
     denied = task.authorize("email/send", {"to": "carol@partner.example"})
     assert not denied.allowed
-    expected = "exfiltration-after-untrusted-read" if read_tool == "ticket/read" else "exfiltration-after-confidential-read"
+    expected = (
+        "exfiltration-after-untrusted-read"
+        if read_tool == "ticket/read"
+        else "exfiltration-after-confidential-read"
+    )
     assert expected in denied.reasons
     assert task.authorize("email/send", {"to": "alice@example.com"}).allowed
     # Reads stay allowed after the taint.
@@ -159,7 +172,9 @@ def test_act_after_sensitive_read_only_to_explicit_destinations(task: TaskSessio
 
 def test_planted_instruction_is_denied_with_reasons(task: TaskSession) -> None:
     assert task.authorize("ticket/read", {"ticket": 4711}).allowed
-    decision = task.authorize("email/send", {"to": "attacker@evil.example", "body": "customer list"})
+    decision = task.authorize(
+        "email/send", {"to": "attacker@evil.example", "body": "customer list"}
+    )
     assert not decision.allowed
     assert "mandate-destination-scope" in decision.reasons
     assert "exfiltration-after-untrusted-read" in decision.reasons
@@ -172,7 +187,9 @@ def test_planted_instruction_is_denied_with_reasons(task: TaskSession) -> None:
 def test_replayed_proof_is_refused(remit: Remit, task: TaskSession) -> None:
     args = {"ticket": 1}
     proof = task.agent.proof(task.token, "ticket/read", args)
-    assert remit.authorize(task_token=task.token, proof=proof, tool="ticket/read", arguments=args).allowed
+    assert remit.authorize(
+        task_token=task.token, proof=proof, tool="ticket/read", arguments=args
+    ).allowed
     with pytest.raises(InvalidProof) as info:
         remit.authorize(task_token=task.token, proof=proof, tool="ticket/read", arguments=args)
     assert info.value.reason == "replayed"
@@ -182,16 +199,22 @@ def test_replayed_proof_is_refused(remit: Remit, task: TaskSession) -> None:
 def test_proof_for_other_arguments_is_refused(remit: Remit, task: TaskSession) -> None:
     proof = task.agent.proof(task.token, "ticket/read", {"ticket": 1})
     with pytest.raises(InvalidProof):
-        remit.authorize(task_token=task.token, proof=proof, tool="ticket/read", arguments={"ticket": 2})
+        remit.authorize(
+            task_token=task.token, proof=proof, tool="ticket/read", arguments={"ticket": 2}
+        )
 
 
-def test_stolen_task_token_with_another_key_is_refused(remit: Remit, task: TaskSession, clock: ManualClock) -> None:
+def test_stolen_task_token_with_another_key_is_refused(
+    remit: Remit, task: TaskSession, clock: ManualClock
+) -> None:
     agent = remit.get_agent(task.agent.agent_id)
     thief = AgentSession.attest(remit, remit.create_join_token(agent.agent_id), clock=clock)
     args = {"ticket": 1}
     stolen_proof = thief.proof(task.token, "ticket/read", args)
     with pytest.raises(InvalidProof):
-        remit.authorize(task_token=task.token, proof=stolen_proof, tool="ticket/read", arguments=args)
+        remit.authorize(
+            task_token=task.token, proof=stolen_proof, tool="ticket/read", arguments=args
+        )
 
 
 def test_forged_task_token_is_refused(remit: Remit, task: TaskSession) -> None:
@@ -199,7 +222,9 @@ def test_forged_task_token_is_refused(remit: Remit, task: TaskSession) -> None:
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["tid"] = "tsk_forgedforgedforged"
     forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"remit-task+jwt"}').rstrip(b"=").decode()
+    none_header = (
+        base64.urlsafe_b64encode(b'{"alg":"none","typ":"remit-task+jwt"}').rstrip(b"=").decode()
+    )
     for forged in (f"{header}.{forged_payload}.{_}", f"{none_header}.{payload}.", "garbage"):
         proof = task.agent.proof(forged, "ticket/read", {})
         with pytest.raises(InvalidToken):
@@ -250,7 +275,9 @@ def test_operator_revocation_and_suspension(remit: Remit, agent_session: AgentSe
         task2.authorize("docs/read", {})
 
 
-def test_identity_rotates_before_half_life(remit: Remit, agent_session: AgentSession, clock: ManualClock) -> None:
+def test_identity_rotates_before_half_life(
+    remit: Remit, agent_session: AgentSession, clock: ManualClock
+) -> None:
     first = agent_session.attestation.identity_token
     clock.advance(remit.settings.identity_ttl_seconds * 0.4)
     assert agent_session.identity_token() == first
@@ -263,7 +290,9 @@ def test_identity_rotates_before_half_life(remit: Remit, agent_session: AgentSes
 # ---------------------------------------------------------------------- modes
 
 
-def test_shadow_agent_records_would_deny_and_allows(remit: Remit, agent_session: AgentSession) -> None:
+def test_shadow_agent_records_would_deny_and_allows(
+    remit: Remit, agent_session: AgentSession
+) -> None:
     remit.set_agent_mode(agent_session.agent_id, "shadow")
     task = open_task(agent_session)
     decision = task.authorize("email/send", {"to": "bob@elsewhere.example"})
@@ -292,7 +321,12 @@ def test_shadow_never_relaxes_authentication(remit: Remit, agent_session: AgentS
 
 def test_operator_policy_denies_with_its_id(remit: Remit, task: TaskSession) -> None:
     remit.load_policies(
-        [PolicySource("ops.cedar", '@id("no-docs") forbid (principal, action, resource == Tool::"docs/read");')]
+        [
+            PolicySource(
+                "ops.cedar",
+                '@id("no-docs") forbid (principal, action, resource == Tool::"docs/read");',
+            )
+        ]
     )
     decision = task.authorize("docs/read", {})
     assert not decision.allowed and decision.reasons == ("no-docs",)
@@ -313,12 +347,26 @@ def test_erroring_forbid_still_denies(remit: Remit, task: TaskSession) -> None:
     assert "policy-error" in decision.reasons
 
 
-def test_invalid_policy_set_is_refused_and_previous_keeps_deciding(remit: Remit, task: TaskSession) -> None:
+def test_invalid_policy_set_is_refused_and_previous_keeps_deciding(
+    remit: Remit, task: TaskSession
+) -> None:
     good = remit.load_policies(
-        [PolicySource("ops.cedar", '@id("no-docs") forbid (principal, action, resource == Tool::"docs/read");')]
+        [
+            PolicySource(
+                "ops.cedar",
+                '@id("no-docs") forbid (principal, action, resource == Tool::"docs/read");',
+            )
+        ]
     )
     with pytest.raises(PolicyInvalid):
-        remit.load_policies([PolicySource("bad.cedar", '@id("typo") forbid (principal, action, resource) when { context.tain };')])
+        remit.load_policies(
+            [
+                PolicySource(
+                    "bad.cedar",
+                    '@id("typo") forbid (principal, action, resource) when { context.tain };',
+                )
+            ]
+        )
     assert remit.policy.version == good
     assert task.authorize("docs/read", {}).reasons == ("no-docs",)
     assert remit.store.active_policy_version().version == good  # type: ignore[union-attr]
@@ -328,7 +376,9 @@ def test_invalid_policy_set_is_refused_and_previous_keeps_deciding(remit: Remit,
 # ---------------------------------------------------------------------- audit failure
 
 
-def test_audit_write_failure_denies(remit: Remit, task: TaskSession, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_audit_write_failure_denies(
+    remit: Remit, task: TaskSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(records: Any) -> None:
         raise OSError("disk full")
 
@@ -372,7 +422,12 @@ def test_attestation_needs_the_key_holder(remit: Remit) -> None:
     key, other = generate_instance_key(), generate_instance_key()
     nonce = remit.attestation_challenge()
     with pytest.raises(InvalidGrant):
-        remit.attest(join_token=token, public_jwk=public_jwk(key.public_key()), nonce=nonce, signature=sign_es256(other, b"x"))
+        remit.attest(
+            join_token=token,
+            public_jwk=public_jwk(key.public_key()),
+            nonce=nonce,
+            signature=sign_es256(other, b"x"),
+        )
     # The failed attempt did not burn the join token.
     AgentSession.attest(remit, token)
 
@@ -393,17 +448,27 @@ def _assert_only_denial_record(remit: Remit, db: Path, action: Any) -> RemitErro
     return info.value
 
 
-def test_bad_input_writes_only_its_denial_record(remit: Remit, task: TaskSession, agent_session: AgentSession) -> None:
+def test_bad_input_writes_only_its_denial_record(
+    remit: Remit, task: TaskSession, agent_session: AgentSession
+) -> None:
     db = remit.settings.sqlite_path
     # Oversized intent.
     _assert_only_denial_record(
-        remit, db, lambda: agent_session.open_task(principal=PRINCIPAL, intent={"purpose": "x" * 5000, "tools": ["docs/read"]})
+        remit,
+        db,
+        lambda: agent_session.open_task(
+            principal=PRINCIPAL, intent={"purpose": "x" * 5000, "tools": ["docs/read"]}
+        ),
     )
     # Malformed SPIFFE-ID material: agent names that would make a bad ID.
     for name in ("Bad Name", "../etc", "a/b", "", "x" * 80):
-        _assert_only_denial_record(remit, db, lambda n=name: remit.register_agent(n, owner="ops", ceiling=CEILING))
+        _assert_only_denial_record(
+            remit, db, lambda n=name: remit.register_agent(n, owner="ops", ceiling=CEILING)
+        )
     # Confusable unicode in a tool name (Cyrillic е in "email").
-    _assert_only_denial_record(remit, db, lambda: task.authorize("\u0435mail/send", {"to": "alice@example.com"}))
+    _assert_only_denial_record(
+        remit, db, lambda: task.authorize("\u0435mail/send", {"to": "alice@example.com"})
+    )
     # Deeply nested arguments.
     deep: Any = "x"
     for _ in range(50):
@@ -411,7 +476,11 @@ def test_bad_input_writes_only_its_denial_record(remit: Remit, task: TaskSession
     # (The agent library refuses these itself, so send them to the service directly.)
     for bad_args in ({"q": deep}, {"q": float("nan")}, {"q": "x" * 300_000}, {"q": 2**60}):
         _assert_only_denial_record(
-            remit, db, lambda a=bad_args: remit.authorize(task_token=task.token, proof="p", tool="docs/read", arguments=a)
+            remit,
+            db,
+            lambda a=bad_args: remit.authorize(
+                task_token=task.token, proof="p", tool="docs/read", arguments=a
+            ),
         )
 
 

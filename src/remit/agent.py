@@ -25,12 +25,22 @@ from remit.service import END_TASK_OP, OPEN_TASK_OP, RENEW_IDENTITY_OP, Attestat
 
 class RemitApi(Protocol):
     def attestation_challenge(self) -> str: ...
-    def attest(self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes) -> Attestation: ...
+    def attest(
+        self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes
+    ) -> Attestation: ...
     def renew_identity(self, identity_token: str, proof: str) -> Attestation: ...
-    def open_task(self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]) -> TaskGrant: ...
+    def open_task(
+        self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]
+    ) -> TaskGrant: ...
     def end_task(self, task_token: str, proof: str) -> list[str]: ...
     def authorize(
-        self, *, task_token: str, proof: str, tool: str, arguments: Mapping[str, Any], approval: str | None = None
+        self,
+        *,
+        task_token: str,
+        proof: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        approval: str | None = None,
     ) -> Decision: ...
 
 
@@ -42,14 +52,18 @@ class AgentSession:
         self.attestation = attestation
 
     @classmethod
-    def attest(cls, remit: RemitApi, join_token: Secret | str, *, clock: Clock | None = None) -> AgentSession:
+    def attest(
+        cls, remit: RemitApi, join_token: Secret | str, *, clock: Clock | None = None
+    ) -> AgentSession:
         """Make a key pair, prove possession over a fresh server nonce, and join."""
         key = generate_instance_key()
         jwk = public_jwk(key.public_key())
         nonce = remit.attestation_challenge()
         signature = sign_es256(key, attestation_payload(nonce, jwk_thumbprint(key.public_key())))
         token = join_token.reveal() if isinstance(join_token, Secret) else join_token
-        attestation = remit.attest(join_token=token, public_jwk=jwk, nonce=nonce, signature=signature)
+        attestation = remit.attest(
+            join_token=token, public_jwk=jwk, nonce=nonce, signature=signature
+        )
         return cls(remit, attestation, key, clock or SystemClock())
 
     @property
@@ -61,7 +75,13 @@ class AgentSession:
         return self.attestation.instance_id
 
     def proof(self, token: str, op: str, body: Any) -> str:
-        return make_call_proof(self._key, token=token, tool=op, args_digest=digest(body, ARGUMENT_LIMITS), now=self._clock.now())
+        return make_call_proof(
+            self._key,
+            token=token,
+            tool=op,
+            args_digest=digest(body, ARGUMENT_LIMITS),
+            now=self._clock.now(),
+        )
 
     def identity_token(self) -> str:
         """The current identity token, renewed once less than half its lifetime is left."""
@@ -69,13 +89,17 @@ class AgentSession:
         half_life = att.issued_at + (att.expires_at - att.issued_at) / 2
         if self._clock.now() >= half_life:
             token = att.identity_token
-            self.attestation = self._remit.renew_identity(token, self.proof(token, RENEW_IDENTITY_OP, {}))
+            self.attestation = self._remit.renew_identity(
+                token, self.proof(token, RENEW_IDENTITY_OP, {})
+            )
         return self.attestation.identity_token
 
     def open_task(self, *, principal: str, intent: Mapping[str, Any]) -> TaskSession:
         token = self.identity_token()
         body = {"principal": principal, "intent": intent}
-        grant = self._remit.open_task(token, self.proof(token, OPEN_TASK_OP, body), principal=principal, intent=intent)
+        grant = self._remit.open_task(
+            token, self.proof(token, OPEN_TASK_OP, body), principal=principal, intent=intent
+        )
         return TaskSession(self, grant)
 
 
@@ -92,7 +116,9 @@ class TaskSession:
     def token(self) -> str:
         return self.grant.task_token
 
-    def authorize(self, tool: str, arguments: Mapping[str, Any], *, approval: str | None = None) -> Decision:
+    def authorize(
+        self, tool: str, arguments: Mapping[str, Any], *, approval: str | None = None
+    ) -> Decision:
         """Ask Remit whether this exact call may go ahead; a fresh proof is signed for it."""
         proof = self.agent.proof(self.token, tool, dict(arguments))
         return self.agent._remit.authorize(

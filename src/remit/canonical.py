@@ -46,7 +46,9 @@ def check_json(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str 
     while stack:
         item, depth = stack.pop()
         if depth > limits.max_depth:
-            raise InvalidRequest(f"{what} is nested too deeply (max {limits.max_depth})", reason="too_deep")
+            raise InvalidRequest(
+                f"{what} is nested too deeply (max {limits.max_depth})", reason="too_deep"
+            )
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, int):
@@ -74,7 +76,9 @@ def check_json(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str 
         else:
             raise InvalidRequest(f"{what} is not plain JSON", reason="not_json")
     if len(canonical_bytes_unchecked(value)) > limits.max_bytes:
-        raise InvalidRequest(f"{what} is too large (max {limits.max_bytes} bytes)", reason="too_large")
+        raise InvalidRequest(
+            f"{what} is too large (max {limits.max_bytes} bytes)", reason="too_large"
+        )
 
 
 def _check_text(text: str, what: str) -> None:

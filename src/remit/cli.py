@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
 
 from remit import __version__
@@ -54,7 +53,9 @@ def version() -> None:
 
 @app.command()
 def demo(
-    keep: Annotated[bool, typer.Option(help="Keep the temporary data directory and print its path.")] = False,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the temporary data directory and print its path.")
+    ] = False,
 ) -> None:
     """Run the main scenario on a temporary SQLite database and show every decision."""
     from remit.demo import run_demo
@@ -67,8 +68,6 @@ def demo(
             raise _fail(console, exc) from exc
         if keep:
             kept = Path(tempfile.mkdtemp(prefix="remit-demo-kept-"))
-            import shutil
-
             shutil.copytree(tmp, kept, dirs_exist_ok=True)
             console.print(f"data kept in {kept}")
     if not ok:
@@ -127,10 +126,6 @@ def policy_baseline() -> None:
     print(BASELINE)
 
 
-def demo_catalog_text() -> str:
-    return resources.files("remit").joinpath("data/demo-catalog.yaml").read_text(encoding="utf-8")
-
-
 def render_table(title: str, rows: list[tuple[str, ...]], columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in columns:
@@ -146,6 +141,3 @@ def main() -> None:
     except RemitError as exc:  # pragma: no cover - commands catch their own
         Console(stderr=True).print(f"error [{exc.code}] {exc.message}")
         sys.exit(EXIT_CODES.get(exc.code, 1))
-
-
-__all__ = ["Panel", "app", "main"]

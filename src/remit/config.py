@@ -75,7 +75,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             try:
                 values[name] = int(raw)
             except ValueError:
-                raise InvalidRequest(f"REMIT_{name.upper()} must be an integer", reason="bad_setting") from None
+                raise InvalidRequest(
+                    f"REMIT_{name.upper()} must be an integer", reason="bad_setting"
+                ) from None
         elif name == "audit_durable":
             values[name] = raw.strip().lower() not in ("0", "false", "no", "off")
         elif name in ("data_dir", "catalog_path", "policy_dir"):

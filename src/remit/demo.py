@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -24,9 +25,11 @@ TICKET_4711 = (
 )
 
 
-def run_demo(data_dir: Path, console: Console) -> bool:
-    from remit.cli import demo_catalog_text
+def demo_catalog_text() -> str:
+    return resources.files("remit").joinpath("data/demo-catalog.yaml").read_text(encoding="utf-8")
 
+
+def run_demo(data_dir: Path, console: Console) -> bool:
     settings = replace(Settings(), data_dir=data_dir, trust_domain="acme.example")
     remit = build_remit(settings, catalog=catalog_from_yaml(demo_catalog_text()))
     steps: list[tuple[str, str, str]] = []
@@ -39,9 +42,13 @@ def run_demo(data_dir: Path, console: Console) -> bool:
         expectations.append(decision.allowed == expect_allowed)
 
     try:
-        console.print(Panel.fit("[bold]Remit demo[/]: a support assistant answers ticket 4711", style="cyan"))
+        console.print(
+            Panel.fit("[bold]Remit demo[/]: a support assistant answers ticket 4711", style="cyan")
+        )
         remit.register_principal(
-            "user:sam@acme.example", display_name="Sam (support)", identifiers=["email:sam@acme.example"]
+            "user:sam@acme.example",
+            display_name="Sam (support)",
+            identifiers=["email:sam@acme.example"],
         )
         agent = remit.register_agent(
             "support-assistant",
@@ -57,9 +64,13 @@ def run_demo(data_dir: Path, console: Console) -> bool:
         console.print(f"registered agent [bold]{agent.agent_id}[/] (owner {agent.owner})")
         join_token = remit.create_join_token(agent.agent_id)
         session = AgentSession.attest(remit, join_token)
-        console.print(f"attested instance [bold]{session.instance_id}[/] with a single-use join token")
+        console.print(
+            f"attested instance [bold]{session.instance_id}[/] with a single-use join token"
+        )
 
-        request = "Please reply to ticket 4711 from alice@example.com and tell her where her order is."
+        request = (
+            "Please reply to ticket 4711 from alice@example.com and tell her where her order is."
+        )
         task: TaskSession = session.open_task(
             principal="user:sam@acme.example",
             intent={
@@ -72,27 +83,44 @@ def run_demo(data_dir: Path, console: Console) -> bool:
             },
         )
         derived = ", ".join(str(d) for d in task.grant.mandate.request_derived)
-        console.print(f"opened task [bold]{task.task_id}[/]; destinations from the request: [bold]{derived}[/]")
+        console.print(
+            f"opened task [bold]{task.task_id}[/]; "
+            f"destinations from the request: [bold]{derived}[/]"
+        )
 
         show("read ticket 4711", task.authorize("ticket/read", {"ticket": 4711}), True)
-        console.print(Panel(TICKET_4711, title="ticket 4711 (written by a third party)", style="yellow"))
+        console.print(
+            Panel(TICKET_4711, title="ticket 4711 (written by a third party)", style="yellow")
+        )
         show(
             "reply to alice@example.com",
-            task.authorize("email/send", {"to": "alice@example.com", "body": "Your order ships today."}),
+            task.authorize(
+                "email/send", {"to": "alice@example.com", "body": "Your order ships today."}
+            ),
             True,
         )
         show(
             "email customer list to attacker@evil.example",
-            task.authorize("email/send", {"to": "attacker@evil.example", "body": "<customer list>"}),
+            task.authorize(
+                "email/send", {"to": "attacker@evil.example", "body": "<customer list>"}
+            ),
             False,
         )
         task.end()
         try:
             task.authorize("ticket/read", {"ticket": 4711})
-            steps.append(("call after the task ended", "[bold red]ALLOWED?![/]", "the token should be refused"))
+            steps.append(
+                (
+                    "call after the task ended",
+                    "[bold red]ALLOWED?![/]",
+                    "the token should be refused",
+                )
+            )
             expectations.append(False)
         except RemitError as exc:
-            steps.append(("call after the task ended", "[bold red]REFUSED[/]", f"{exc.code}: {exc.message}"))
+            steps.append(
+                ("call after the task ended", "[bold red]REFUSED[/]", f"{exc.code}: {exc.message}")
+            )
             expectations.append(exc.code in ("token_revoked", "token_expired"))
 
         table = Table(title="decisions", title_justify="left")
@@ -111,5 +139,9 @@ def run_demo(data_dir: Path, console: Console) -> bool:
     finally:
         remit.close()
     ok = all(expectations)
-    console.print("[bold green]demo finished as expected[/]" if ok else "[bold red]demo did not go as expected[/]")
+    console.print(
+        "[bold green]demo finished as expected[/]"
+        if ok
+        else "[bold red]demo did not go as expected[/]"
+    )
     return ok

@@ -37,7 +37,9 @@ class RemitError(Exception):
         self.details = details
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r}, {self.message!r})"
+        return (
+            f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r}, {self.message!r})"
+        )
 
 
 class InvalidRequest(RemitError):

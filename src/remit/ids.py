@@ -32,7 +32,11 @@ def new_id(prefix: str) -> str:
 
 
 def check_random_id(value: object, prefix: str, what: str) -> str:
-    if not isinstance(value, str) or not _RANDOM_ID.match(value) or not value.startswith(prefix + "_"):
+    if (
+        not isinstance(value, str)
+        or not _RANDOM_ID.match(value)
+        or not value.startswith(prefix + "_")
+    ):
         raise InvalidRequest(f"malformed {what} id", reason="malformed_id")
     return value
 
@@ -51,7 +55,8 @@ def check_principal_id(value: object) -> PrincipalId:
     """``kind:identifier`` in ASCII, e.g. ``user:sam@acme.example`` or ``team:support``."""
     if not isinstance(value, str) or not _PRINCIPAL.match(value):
         raise InvalidRequest(
-            "principal id must look like 'user:name@example.com' (ASCII)", reason="malformed_principal"
+            "principal id must look like 'user:name@example.com' (ASCII)",
+            reason="malformed_principal",
         )
     return PrincipalId(value)
 
@@ -70,7 +75,9 @@ class SpiffeId:
         if len(value.encode("utf-8")) > MAX_SPIFFE_ID_BYTES:
             raise InvalidRequest("SPIFFE ID is too long", reason="malformed_spiffe_id")
         if not value.isascii() or not value.startswith("spiffe://"):
-            raise InvalidRequest("SPIFFE ID must start with 'spiffe://' (ASCII)", reason="malformed_spiffe_id")
+            raise InvalidRequest(
+                "SPIFFE ID must start with 'spiffe://' (ASCII)", reason="malformed_spiffe_id"
+            )
         rest = value[len("spiffe://") :]
         trust_domain, slash, path = rest.partition("/")
         if not _TRUST_DOMAIN.match(trust_domain):
@@ -79,7 +86,9 @@ class SpiffeId:
             raise InvalidRequest("SPIFFE ID needs a path", reason="malformed_spiffe_id")
         for segment in path.split("/"):
             if segment in ("", ".", "..") or not _PATH_SEGMENT.match(segment):
-                raise InvalidRequest("SPIFFE ID path segment is malformed", reason="malformed_spiffe_id")
+                raise InvalidRequest(
+                    "SPIFFE ID path segment is malformed", reason="malformed_spiffe_id"
+                )
         return cls(trust_domain, "/" + path)
 
     @classmethod

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from remit.clock import Clock
-from remit.core.keys import KeySet, SigningKey, verify_es256, sign_es256
+from remit.core.keys import KeySet, SigningKey, sign_es256, verify_es256
 from remit.core.secrets import Secret
 from remit.errors import StoreUnavailable
 

@@ -49,7 +49,9 @@ def read_policy_dir(path: Path) -> list[PolicySource]:
     return [PolicySource(str(p.relative_to(path)), p.read_text(encoding="utf-8")) for p in files]
 
 
-def build_remit(settings: Settings, *, clock: Clock | None = None, catalog: Catalog | None = None) -> Remit:
+def build_remit(
+    settings: Settings, *, clock: Clock | None = None, catalog: Catalog | None = None
+) -> Remit:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.effective_database_url, synchronous=settings.sqlite_synchronous)
@@ -71,7 +73,13 @@ def build_remit(settings: Settings, *, clock: Clock | None = None, catalog: Cata
     if catalog is None:
         catalog = read_catalog_file(settings.catalog_path) if settings.catalog_path else Catalog({})
     remit = Remit(
-        settings=settings, store=store, keys=keys, clock=clock, policy=policy, audit=audit, catalog=catalog
+        settings=settings,
+        store=store,
+        keys=keys,
+        clock=clock,
+        policy=policy,
+        audit=audit,
+        catalog=catalog,
     )
     # Reactivate the last good operator policy set; a policy dir in the settings replaces it.
     if settings.policy_dir is not None:

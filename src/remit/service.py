@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
 from remit.canonical import JsonLimits, check_json, digest
@@ -35,7 +35,7 @@ from remit.core.identity import (
 from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
 from remit.core.labels import Labels
 from remit.core.mandate import Mandate, MandateLimits, build_mandate
-from remit.core.pipeline import CallRequest, Decision, Pipeline, BasicMonitor
+from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Pipeline
 from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
@@ -182,7 +182,9 @@ class Remit:
 
     def _refresh_entities(self) -> None:
         agents = [AgentEntity(a.agent_id, a.owner) for a in self.store.list_agents()]
-        tools = [ToolEntity(s.name, s.privilege.value, s.risk) for s in self._catalog.tools.values()]
+        tools = [
+            ToolEntity(s.name, s.privilege.value, s.risk) for s in self._catalog.tools.values()
+        ]
         self.policy.set_entities(agents, tools)
 
     # ------------------------------------------------------------------ catalog and policy
@@ -227,7 +229,9 @@ class Remit:
             if not isinstance(owner, str) or not 0 < len(owner) <= 256 or not owner.isprintable():
                 raise InvalidRequest("owner must be a short printable string", reason="bad_owner")
             if not isinstance(description, str) or len(description) > 2000:
-                raise InvalidRequest("description must be at most 2000 characters", reason="bad_description")
+                raise InvalidRequest(
+                    "description must be at most 2000 characters", reason="bad_description"
+                )
             check_json(dict(ceiling), ADMIN_LIMITS, "ceiling")
             try:
                 agent_mode = Mode(mode)
@@ -250,7 +254,12 @@ class Remit:
             self._refresh_entities()
             self.audit.append(
                 "agent.registered",
-                {"agent": agent_id, "owner": owner, "ceiling": agent.ceiling.to_data(), "mode": mode},
+                {
+                    "agent": agent_id,
+                    "owner": owner,
+                    "ceiling": agent.ceiling.to_data(),
+                    "mode": mode,
+                },
             )
             return agent
 
@@ -283,7 +292,9 @@ class Remit:
             self.store.update_agent(updated)
             if status is AgentStatus.RETIRED:
                 self.store.deactivate_instances(agent_id)
-            self.audit.append(f"agent.{status.value}", {"agent": agent_id, "reason": _short(reason)})
+            self.audit.append(
+                f"agent.{status.value}", {"agent": agent_id, "reason": _short(reason)}
+            )
             return updated
 
         return self._guard("agent.status", run, agent=_short(agent_id))
@@ -295,8 +306,6 @@ class Remit:
                 new_mode = Mode(mode)
             except ValueError:
                 raise InvalidRequest("mode must be enforce or shadow", reason="bad_mode") from None
-            from dataclasses import replace
-
             updated = replace(agent, mode=new_mode, updated_at=self.clock.now())
             self.store.update_agent(updated)
             self.audit.append("agent.mode", {"agent": agent_id, "mode": new_mode.value})
@@ -315,7 +324,9 @@ class Remit:
             for text in identifiers:
                 pattern = parse_pattern(text)
                 if pattern.is_wildcard():
-                    raise InvalidRequest("a principal's identifiers must be exact", reason="bad_principal")
+                    raise InvalidRequest(
+                        "a principal's identifiers must be exact", reason="bad_principal"
+                    )
                 parsed.append(normalize_destination(pattern.kind, pattern.value))
             principal = Principal(pid, _short(display_name or pid), tuple(parsed))
             self.store.upsert_principal(principal)
@@ -340,9 +351,12 @@ class Remit:
             token = "rjt_" + secrets.token_urlsafe(32)
             now = self.clock.now()
             token_hash = join_token_hash(token)
-            self.store.insert_join_token(JoinTokenRecord(token_hash, agent_id, now, now + ttl, None, None))
+            self.store.insert_join_token(
+                JoinTokenRecord(token_hash, agent_id, now, now + ttl, None, None)
+            )
             self.audit.append(
-                "join_token.created", {"agent": agent_id, "token_ref": token_hash[:16], "expires_at": now + ttl}
+                "join_token.created",
+                {"agent": agent_id, "token_ref": token_hash[:16], "expires_at": now + ttl},
             )
             return Secret(token)
 
@@ -353,22 +367,34 @@ class Remit:
         self.store.insert_nonce(nonce, self.clock.now() + NONCE_TTL)
         return nonce
 
-    def attest(self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes) -> Attestation:
+    def attest(
+        self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes
+    ) -> Attestation:
         """Join token + instance public key + its signature over a server nonce -> identity."""
         token_hash = join_token_hash(join_token) if isinstance(join_token, str) else ""
 
         def run() -> Attestation:
-            if not isinstance(join_token, str) or not join_token.startswith("rjt_") or len(join_token) > 128:
+            if (
+                not isinstance(join_token, str)
+                or not join_token.startswith("rjt_")
+                or len(join_token) > 128
+            ):
                 raise InvalidGrant("the join token is malformed", reason="malformed_join_token")
-            key = load_public_jwk(dict(public_jwk) if isinstance(public_jwk, Mapping) else public_jwk)
+            key = load_public_jwk(
+                dict(public_jwk) if isinstance(public_jwk, Mapping) else public_jwk
+            )
             jkt = jwk_thumbprint(key)
             if not isinstance(nonce, str) or len(nonce) > 128 or not isinstance(signature, bytes):
                 raise InvalidRequest("nonce and signature are required", reason="bad_attestation")
             now = self.clock.now()
             if not verify_es256(key, attestation_payload(nonce, jkt), signature):
-                raise InvalidGrant("the attestation signature does not verify", reason="bad_signature")
+                raise InvalidGrant(
+                    "the attestation signature does not verify", reason="bad_signature"
+                )
             if not self.store.consume_nonce(nonce, now):
-                raise InvalidGrant("the attestation nonce is unknown, used or expired", reason="bad_nonce")
+                raise InvalidGrant(
+                    "the attestation nonce is unknown, used or expired", reason="bad_nonce"
+                )
             record = self.store.get_join_token(token_hash)
             if record is None:
                 raise InvalidGrant("the join token is not valid", reason="unknown_join_token")
@@ -384,17 +410,29 @@ class Remit:
             instance = Instance(instance_id, agent.agent_id, jkt, _public_members(public_jwk), now)
             self.store.insert_instance(instance)
             token, claims = self.tokens.issue_identity(
-                agent_id=agent.agent_id, instance_id=instance_id, jkt=jkt, ttl=self.settings.identity_ttl_seconds
+                agent_id=agent.agent_id,
+                instance_id=instance_id,
+                jkt=jkt,
+                ttl=self.settings.identity_ttl_seconds,
             )
             self.audit.append(
                 "instance.attested",
-                {"agent": agent.agent_id, "instance": instance_id, "jkt": jkt, "token_ref": token_hash[:16]},
+                {
+                    "agent": agent.agent_id,
+                    "instance": instance_id,
+                    "jkt": jkt,
+                    "token_ref": token_hash[:16],
+                },
             )
-            return Attestation(instance_id, agent.agent_id, token, claims.expires_at, claims.issued_at)
+            return Attestation(
+                instance_id, agent.agent_id, token, claims.expires_at, claims.issued_at
+            )
 
         return self._guard("instance.attest", run, token_ref=token_hash[:16])
 
-    def _verify_identity_call(self, identity_token: str, proof: str, op: str, body: object) -> tuple[IdentityClaims, Instance]:
+    def _verify_identity_call(
+        self, identity_token: str, proof: str, op: str, body: object
+    ) -> tuple[IdentityClaims, Instance]:
         claims = self.tokens.verify_identity(identity_token)
         instance = self.store.get_instance(claims.instance_id)
         if instance is None or not instance.active or instance.jkt != claims.jkt:
@@ -421,20 +459,28 @@ class Remit:
         """A fresh identity token for the same instance (agents rotate before half-life)."""
 
         def run() -> Attestation:
-            claims, instance = self._verify_identity_call(identity_token, proof, RENEW_IDENTITY_OP, {})
+            claims, instance = self._verify_identity_call(
+                identity_token, proof, RENEW_IDENTITY_OP, {}
+            )
             token, new = self.tokens.issue_identity(
                 agent_id=claims.agent_id,
                 instance_id=instance.instance_id,
                 jkt=instance.jkt,
                 ttl=self.settings.identity_ttl_seconds,
             )
-            self.audit.append("identity.renewed", {"agent": claims.agent_id, "instance": instance.instance_id})
-            return Attestation(instance.instance_id, claims.agent_id, token, new.expires_at, new.issued_at)
+            self.audit.append(
+                "identity.renewed", {"agent": claims.agent_id, "instance": instance.instance_id}
+            )
+            return Attestation(
+                instance.instance_id, claims.agent_id, token, new.expires_at, new.issued_at
+            )
 
         return self._guard("identity.renew", run)
 
     # ------------------------------------------------------------------ tasks
-    def open_task(self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]) -> TaskGrant:
+    def open_task(
+        self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]
+    ) -> TaskGrant:
         def run() -> TaskGrant:
             body = {"principal": principal, "intent": intent}
             check_json(body, ADMIN_LIMITS, "task request")
@@ -443,7 +489,9 @@ class Remit:
             if self.store.get_principal(principal_id) is None:
                 raise NotFound("the principal is not registered", reason="unknown_principal")
             agent = self.get_agent(claims.agent_id)
-            mandate, notes = build_mandate(intent, agent=agent, catalog=self._catalog, limits=self.mandate_limits)
+            mandate, notes = build_mandate(
+                intent, agent=agent, catalog=self._catalog, limits=self.mandate_limits
+            )
             now = self.clock.now()
             task = Task(
                 task_id=new_id("tsk"),
@@ -514,19 +562,25 @@ class Remit:
             )
             if not self.store.remember_jti(checked.jti, checked.issued_at + 70.0, now):
                 raise InvalidProof("this proof was used before", reason="replayed")
-            return self._end(claims.task_id, TaskStatus.ENDED, "completed", actor=claims.instance_id)
+            return self._end(
+                claims.task_id, TaskStatus.ENDED, "completed", actor=claims.instance_id
+            )
 
         return self._guard("task.end", run)
 
     def revoke_task(self, task_id: str, *, reason: str = "operator") -> list[str]:
         """An operator ends a task (and its descendants) now."""
-        return self._guard("task.revoke", lambda: self._end(task_id, TaskStatus.REVOKED, _short(reason), "operator"))
+        return self._guard(
+            "task.revoke",
+            lambda: self._end(task_id, TaskStatus.REVOKED, _short(reason), "operator"),
+        )
 
     def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> list[str]:
         task = self.get_task(task_id)
         ended = self.store.end_task_tree(task.task_id, status, reason, self.clock.now())
         self.audit.append(
-            f"task.{status.value}", {"task": task_id, "reason": reason, "actor": actor, "closed": ended}
+            f"task.{status.value}",
+            {"task": task_id, "reason": reason, "actor": actor, "closed": ended},
         )
         return ended
 
@@ -541,7 +595,13 @@ class Remit:
 
     # ------------------------------------------------------------------ the decision
     def authorize(
-        self, *, task_token: str, proof: str, tool: str, arguments: Mapping[str, Any], approval: str | None = None
+        self,
+        *,
+        task_token: str,
+        proof: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        approval: str | None = None,
     ) -> Decision:
         return self.pipeline.authorize(CallRequest(task_token, proof, tool, arguments, approval))
 

@@ -8,7 +8,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remit.core.audit import GENESIS_HASH, AuditRecord, Checkpoint, b64url, chain_record, checkpoint_payload, verify_chain
+from remit.core.audit import (
+    GENESIS_HASH,
+    AuditRecord,
+    Checkpoint,
+    b64url,
+    chain_record,
+    checkpoint_payload,
+    verify_chain,
+)
 from remit.core.keys import SigningKey, sign_es256, verify_es256
 
 KEY = SigningKey.generate(0.0)
@@ -22,7 +30,9 @@ def build(datas: list[dict[str, Any]]) -> list[AuditRecord]:
     records: list[AuditRecord] = []
     prev = GENESIS_HASH
     for i, data in enumerate(datas, start=1):
-        rec = chain_record(prev_hash=prev, seq=i, event_id=f"evt_{i:020d}", ts=float(i), kind="decision", data=data)
+        rec = chain_record(
+            prev_hash=prev, seq=i, event_id=f"evt_{i:020d}", ts=float(i), kind="decision", data=data
+        )
         records.append(rec)
         prev = rec.hash
     return records
@@ -35,10 +45,16 @@ def checkpoint(rec: AuditRecord) -> Checkpoint:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
-datas = st.lists(st.dictionaries(st.text(min_size=1, max_size=8), json_values, max_size=4), min_size=2, max_size=12)
+datas = st.lists(
+    st.dictionaries(st.text(min_size=1, max_size=8), json_values, max_size=4),
+    min_size=2,
+    max_size=12,
+)
 
 
 @given(datas)

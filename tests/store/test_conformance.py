@@ -15,8 +15,8 @@ import pytest
 
 from remit.core.audit import GENESIS_HASH, Checkpoint, chain_record
 from remit.core.catalog import catalog_from_data
-from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.destinations import normalize_destination
+from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.labels import Labels, Sensitivity
 from remit.core.mandate import Mandate
 from remit.core.tasks import Task, TaskStatus
@@ -51,15 +51,39 @@ CATALOG = catalog_from_data({"tools": [{"name": "docs/read", "privilege": "read"
 
 
 def make_agent(name: str = "a1") -> Agent:
-    ceiling = ceiling_from_data({"tools": ["docs/read"], "privileges": ["read"], "destinations": ["email:*@x.example"]})
-    return Agent(f"spiffe://t.example/agent/{name}", name, "ops", "d", ceiling, AgentStatus.ACTIVE, Mode.ENFORCE, 1.0, 1.0)
+    ceiling = ceiling_from_data(
+        {"tools": ["docs/read"], "privileges": ["read"], "destinations": ["email:*@x.example"]}
+    )
+    return Agent(
+        f"spiffe://t.example/agent/{name}",
+        name,
+        "ops",
+        "d",
+        ceiling,
+        AgentStatus.ACTIVE,
+        Mode.ENFORCE,
+        1.0,
+        1.0,
+    )
 
 
 def make_task(task_id: str, parent: str | None = None, budget: int = 2) -> Task:
     mandate = Mandate("p", frozenset({"docs/read"}), (), (), Sensitivity.INTERNAL, budget, 60, 1)
     return Task(
-        task_id, "spiffe://t.example/agent/a1", "ins_1", "user:u@x.example", parent, mandate, mandate.digest(),
-        TaskStatus.OPEN, 0.0, 60.0, None, None, 0, Labels(),
+        task_id,
+        "spiffe://t.example/agent/a1",
+        "ins_1",
+        "user:u@x.example",
+        parent,
+        mandate,
+        mandate.digest(),
+        TaskStatus.OPEN,
+        0.0,
+        60.0,
+        None,
+        None,
+        0,
+        Labels(),
     )
 
 
@@ -102,7 +126,12 @@ def test_join_tokens_are_single_use(store: SqlStore) -> None:
 def test_join_token_race_has_one_winner(store: SqlStore) -> None:
     store.insert_join_token(JoinTokenRecord("r" * 64, "agent", 0.0, 100.0, None, None))
     wins: list[bool] = []
-    threads = [threading.Thread(target=lambda i=i: wins.append(store.consume_join_token("r" * 64, 1.0, f"i{i}"))) for i in range(8)]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: wins.append(store.consume_join_token("r" * 64, 1.0, f"i{i}"))
+        )
+        for i in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -141,7 +170,12 @@ def test_tasks_budget_and_taint(store: SqlStore) -> None:
 
 
 def test_ending_a_task_revokes_its_descendants(store: SqlStore) -> None:
-    for tid, parent in (("root", None), ("child", "root"), ("grandchild", "child"), ("other", None)):
+    for tid, parent in (
+        ("root", None),
+        ("child", "root"),
+        ("grandchild", "child"),
+        ("other", None),
+    ):
         store.insert_task(make_task(tid, parent))
     ended = store.end_task_tree("root", TaskStatus.ENDED, "completed", 5.0)
     assert sorted(ended) == ["child", "grandchild", "root"]
@@ -169,7 +203,14 @@ def test_audit_append_and_read(store: SqlStore) -> None:
     assert store.audit_head() is None
     prev, records = GENESIS_HASH, []
     for i in range(1, 2501):
-        rec = chain_record(prev_hash=prev, seq=i, event_id=f"evt_{i}", ts=float(i), kind="k", data={"i": i, "u": "ü"})
+        rec = chain_record(
+            prev_hash=prev,
+            seq=i,
+            event_id=f"evt_{i}",
+            ts=float(i),
+            kind="k",
+            data={"i": i, "u": "ü"},
+        )
         records.append(rec)
         prev = rec.hash
     store.append_audit(records[:1000])

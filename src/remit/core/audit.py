@@ -31,7 +31,13 @@ class AuditRecord:
     hash: str
 
     def body(self) -> dict[str, Any]:
-        return {"seq": self.seq, "event_id": self.event_id, "ts": self.ts, "kind": self.kind, "data": self.data}
+        return {
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "data": self.data,
+        }
 
 
 def record_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
@@ -62,7 +68,13 @@ class Checkpoint:
 
 def checkpoint_payload(seq: int, head_hash: str, ts: float, kid: str) -> bytes:
     return canonical_bytes_unchecked(
-        {"purpose": "remit-audit-checkpoint-v1", "seq": seq, "head": head_hash, "ts": ts, "kid": kid}
+        {
+            "purpose": "remit-audit-checkpoint-v1",
+            "seq": seq,
+            "head": head_hash,
+            "ts": ts,
+            "kid": kid,
+        }
     )
 
 
@@ -88,7 +100,9 @@ class ChainReport:
 
     def summary(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.records} records, {self.checkpoints} signed checkpoints"
+            return (
+                f"audit chain intact: {self.records} records, {self.checkpoints} signed checkpoints"
+            )
         return "audit chain BROKEN: " + "; ".join(self.problems[:5])
 
 
@@ -113,7 +127,10 @@ def verify_chain(
     for rec in records:
         count += 1
         if rec.seq != expected_seq:
-            problems.append(f"record seq {rec.seq} found where {expected_seq} was expected (deleted or reordered)")
+            problems.append(
+                f"record seq {rec.seq} found where {expected_seq} was expected "
+                "(deleted or reordered)"
+            )
             expected_seq = rec.seq
         if rec.prev_hash != prev:
             problems.append(f"record {rec.seq} does not link to its predecessor")
@@ -133,7 +150,9 @@ def verify_chain(
             problems.append(f"checkpoint at seq {cp.seq} has a bad signature")
             continue
         if cp.seq > head_seq:
-            problems.append(f"checkpoint at seq {cp.seq} is beyond the last record {head_seq} (truncated)")
+            problems.append(
+                f"checkpoint at seq {cp.seq} is beyond the last record {head_seq} (truncated)"
+            )
         elif hashes.get(cp.seq) != cp.head_hash:
             problems.append(f"checkpoint at seq {cp.seq} does not match the chain")
     return ChainReport(not problems, count, head_seq, prev, checked, tuple(problems))

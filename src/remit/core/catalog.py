@@ -136,16 +136,22 @@ def _tool_from_data(raw: object, index: int) -> ToolSpec:
         raise InvalidRequest(f"{where} must be a mapping", reason="bad_catalog")
     unknown = set(raw) - _TOOL_KEYS
     if unknown:
-        raise InvalidRequest(f"{where} has unknown keys: {sorted(map(str, unknown))}", reason="bad_catalog")
+        raise InvalidRequest(
+            f"{where} has unknown keys: {sorted(map(str, unknown))}", reason="bad_catalog"
+        )
     name = check_tool_name(raw.get("name"))
     where = f"catalog tool {name}"
     try:
-        privilege = Privilege(raw.get("privilege"))
+        privilege = Privilege(str(raw.get("privilege")))
     except ValueError:
-        raise InvalidRequest(f"{where}: privilege must be read, write or act", reason="bad_catalog") from None
+        raise InvalidRequest(
+            f"{where}: privilege must be read, write or act", reason="bad_catalog"
+        ) from None
     dest_raw = raw.get("destinations") or {}
     if not isinstance(dest_raw, Mapping):
-        raise InvalidRequest(f"{where}: destinations must map argument to kind", reason="bad_catalog")
+        raise InvalidRequest(
+            f"{where}: destinations must map argument to kind", reason="bad_catalog"
+        )
     destination_args: list[DestinationArg] = []
     for path, kind in dest_raw.items():
         if not isinstance(path, str) or not _ARG_PATH.match(path):
@@ -153,11 +159,18 @@ def _tool_from_data(raw: object, index: int) -> ToolSpec:
         try:
             destination_args.append(DestinationArg(path, DestinationKind(kind)))
         except ValueError:
-            raise InvalidRequest(f"{where}: unknown destination kind", reason="bad_catalog") from None
-    if privilege is Privilege.ACT and not destination_args and "no-destination" not in (raw.get("risk") or []):
+            raise InvalidRequest(
+                f"{where}: unknown destination kind", reason="bad_catalog"
+            ) from None
+    if (
+        privilege is Privilege.ACT
+        and not destination_args
+        and "no-destination" not in (raw.get("risk") or [])
+    ):
         # An act tool leaves the boundary; say where, or say explicitly that it has no destination.
         raise InvalidRequest(
-            f"{where}: an act tool must declare its destination arguments (or risk tag 'no-destination')",
+            f"{where}: an act tool must declare its destination arguments "
+            "(or the risk tag 'no-destination')",
             reason="bad_catalog",
         )
     labels_raw = raw.get("labels") or []
@@ -165,8 +178,12 @@ def _tool_from_data(raw: object, index: int) -> ToolSpec:
         raise InvalidRequest(f"{where}: labels must be a list", reason="bad_catalog")
     labels = Labels.parse(labels_raw)
     risk_raw = raw.get("risk") or []
-    if not isinstance(risk_raw, list) or not all(isinstance(r, str) and _RISK_TAG.match(r) for r in risk_raw):
-        raise InvalidRequest(f"{where}: risk must be a list of short lowercase tags", reason="bad_catalog")
+    if not isinstance(risk_raw, list) or not all(
+        isinstance(r, str) and _RISK_TAG.match(r) for r in risk_raw
+    ):
+        raise InvalidRequest(
+            f"{where}: risk must be a list of short lowercase tags", reason="bad_catalog"
+        )
     description = raw.get("description") or ""
     if not isinstance(description, str) or len(description) > 1000:
         raise InvalidRequest(f"{where}: description must be a short string", reason="bad_catalog")

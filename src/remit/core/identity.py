@@ -49,7 +49,9 @@ class Ceiling:
     max_sensitivity: Sensitivity
 
     def allows_destination(self, dest: Destination) -> bool:
-        return dest.kind in self.any_destination_kinds or any(p.matches(dest) for p in self.destinations)
+        return dest.kind in self.any_destination_kinds or any(
+            p.matches(dest) for p in self.destinations
+        )
 
     def covers_pattern(self, pattern: DestinationPattern) -> bool:
         if pattern.kind in self.any_destination_kinds:
@@ -61,7 +63,8 @@ class Ceiling:
             "tools": sorted(self.tools),
             "privileges": sorted(p.value for p in self.privileges),
             "destinations": sorted(
-                [str(p) for p in self.destinations] + [f"{k.value}:*" for k in self.any_destination_kinds]
+                [str(p) for p in self.destinations]
+                + [f"{k.value}:*" for k in self.any_destination_kinds]
             ),
             "max_sensitivity": self.max_sensitivity.label,
         }
@@ -76,7 +79,11 @@ def pattern_within(inner: DestinationPattern, outer: DestinationPattern) -> bool
     inner_domains = _domain_set(inner)
     outer_domains = _domain_set(outer)
     if inner_domains is None or outer_domains is None:
-        if inner.kind is DestinationKind.URL and outer.kind is DestinationKind.URL and outer.is_wildcard():
+        if (
+            inner.kind is DestinationKind.URL
+            and outer.kind is DestinationKind.URL
+            and outer.is_wildcard()
+        ):
             return inner.value.startswith(outer.value.rstrip("*"))
         return False
     # Kinds must agree, except that a domain pattern covers emails and urls at those domains.
@@ -84,7 +91,7 @@ def pattern_within(inner: DestinationPattern, outer: DestinationPattern) -> bool
         return False
     (inner_base, inner_subs), (outer_base, outer_subs) = inner_domains, outer_domains
     if outer_subs:
-        return inner_base == outer_base and inner_subs or inner_base.endswith("." + outer_base)
+        return (inner_base == outer_base and inner_subs) or inner_base.endswith("." + outer_base)
     return not inner_subs and inner_base == outer_base
 
 
@@ -107,18 +114,26 @@ def ceiling_from_data(data: object, catalog: Catalog | None = None) -> Ceiling:
         raise InvalidRequest("ceiling must be a mapping", reason="bad_ceiling")
     unknown = set(data) - {"tools", "privileges", "destinations", "max_sensitivity"}
     if unknown:
-        raise InvalidRequest(f"ceiling has unknown keys: {sorted(map(str, unknown))}", reason="bad_ceiling")
+        raise InvalidRequest(
+            f"ceiling has unknown keys: {sorted(map(str, unknown))}", reason="bad_ceiling"
+        )
     tools = _str_list(data.get("tools"), "ceiling tools")
     if not tools:
         raise InvalidRequest("ceiling tools must not be empty", reason="bad_ceiling")
     if catalog is not None:
         missing = sorted(t for t in tools if t not in catalog)
         if missing:
-            raise InvalidRequest(f"ceiling names tools not in the catalog: {missing}", reason="unknown_tool")
+            raise InvalidRequest(
+                f"ceiling names tools not in the catalog: {missing}", reason="unknown_tool"
+            )
     try:
-        privileges = frozenset(Privilege(p) for p in _str_list(data.get("privileges"), "ceiling privileges"))
+        privileges = frozenset(
+            Privilege(p) for p in _str_list(data.get("privileges"), "ceiling privileges")
+        )
     except ValueError:
-        raise InvalidRequest("ceiling privileges must be read, write or act", reason="bad_ceiling") from None
+        raise InvalidRequest(
+            "ceiling privileges must be read, write or act", reason="bad_ceiling"
+        ) from None
     if not privileges:
         raise InvalidRequest("ceiling privileges must not be empty", reason="bad_ceiling")
     patterns: list[DestinationPattern] = []
@@ -129,7 +144,9 @@ def ceiling_from_data(data: object, catalog: Catalog | None = None) -> Ceiling:
             try:
                 any_kinds.add(DestinationKind(kind))
             except ValueError:
-                raise InvalidRequest("ceiling destination kind is unknown", reason="bad_destination") from None
+                raise InvalidRequest(
+                    "ceiling destination kind is unknown", reason="bad_destination"
+                ) from None
         else:
             patterns.append(parse_pattern(text))
     sensitivity = Sensitivity.parse(data.get("max_sensitivity", "internal"))
@@ -185,8 +202,10 @@ def join_token_hash(token: str) -> str:
 
 
 def attestation_payload(nonce: str, jkt: str, agent_hint: str = "") -> bytes:
-    """What an instance signs to prove it holds its key: the server nonce and its key's thumbprint."""
-    return canonical_bytes({"purpose": "remit-attestation-v1", "nonce": nonce, "jkt": jkt, "agent": agent_hint})
+    """What an instance signs to prove it holds its key: the server nonce and its thumbprint."""
+    return canonical_bytes(
+        {"purpose": "remit-attestation-v1", "nonce": nonce, "jkt": jkt, "agent": agent_hint}
+    )
 
 
 def agents_owned_by(agents: Iterable[Agent], owner: str) -> list[Agent]:

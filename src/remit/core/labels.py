@@ -61,7 +61,9 @@ class Labels:
                 continue
             parsed = Sensitivity.parse(item)
             if level is not None and parsed != level:
-                raise InvalidRequest("labels name more than one sensitivity level", reason="bad_label")
+                raise InvalidRequest(
+                    "labels name more than one sensitivity level", reason="bad_label"
+                )
             level = parsed
         return cls(level if level is not None else Sensitivity.PUBLIC, frozenset(flags))
 

@@ -14,7 +14,12 @@ from typing import Any
 
 from remit.canonical import JsonLimits, check_json, digest
 from remit.core.catalog import Catalog, ToolSpec, check_tool_name
-from remit.core.destinations import Destination, DestinationPattern, extract_destinations, parse_pattern
+from remit.core.destinations import (
+    Destination,
+    DestinationPattern,
+    extract_destinations,
+    parse_pattern,
+)
 from remit.core.identity import Agent, Principal
 from remit.core.labels import Labels, Sensitivity
 from remit.errors import Denied, InvalidRequest
@@ -89,7 +94,8 @@ class Mandate:
                 "type": "remit_task",
                 "actions": sorted({"call"}),
                 "tools": sorted(self.tools),
-                "destinations": [str(p) for p in self.destinations] + [str(d) for d in self.request_derived],
+                "destinations": [str(p) for p in self.destinations]
+                + [str(d) for d in self.request_derived],
                 "sensitivity": self.sensitivity_ceiling.label,
                 "call_budget": self.call_budget,
             }
@@ -127,7 +133,9 @@ def build_mandate(
 
     raw_tools = intent.get("tools")
     if not isinstance(raw_tools, list) or not raw_tools:
-        raise InvalidRequest("tools must be a non-empty list: an empty scope is not a wildcard", reason="bad_intent")
+        raise InvalidRequest(
+            "tools must be a non-empty list: an empty scope is not a wildcard", reason="bad_intent"
+        )
     tools = frozenset(check_tool_name(t) for t in raw_tools)
     for name in sorted(tools):
         spec = catalog.get(name)
@@ -142,14 +150,18 @@ def build_mandate(
     destinations = tuple(dict.fromkeys(parse_pattern(d) for d in raw_destinations))
     for pattern in destinations:
         if not agent.ceiling.covers_pattern(pattern):
-            raise Denied(f"destination {pattern} is outside the agent's ceiling", reason="outside_ceiling")
+            raise Denied(
+                f"destination {pattern} is outside the agent's ceiling", reason="outside_ceiling"
+            )
 
     notes: list[str] = []
     request_derived: list[Destination] = []
     request_text = intent.get("request_text")
     if request_text is not None:
         if not isinstance(request_text, str) or len(request_text) > MAX_REQUEST_TEXT:
-            raise InvalidRequest(f"request_text must be at most {MAX_REQUEST_TEXT} characters", reason="bad_intent")
+            raise InvalidRequest(
+                f"request_text must be at most {MAX_REQUEST_TEXT} characters", reason="bad_intent"
+            )
         extraction = extract_destinations(request_text)
         for dest in extraction.destinations:
             if agent.ceiling.allows_destination(dest):
@@ -163,7 +175,9 @@ def build_mandate(
     if sensitivity > agent.ceiling.max_sensitivity:
         raise Denied("sensitivity is above the agent's ceiling", reason="outside_ceiling")
 
-    budget = _bounded_int(intent, "call_budget", limits.default_call_budget, 1, limits.max_call_budget)
+    budget = _bounded_int(
+        intent, "call_budget", limits.default_call_budget, 1, limits.max_call_budget
+    )
     ttl = _bounded_int(intent, "ttl_seconds", limits.default_ttl_seconds, 1, limits.max_ttl_seconds)
     depth = _bounded_int(intent, "delegation_depth", 0, 0, limits.max_delegation_depth)
 
@@ -189,7 +203,9 @@ def _bounded_int(intent: Mapping[str, Any], key: str, default: int, low: int, hi
 
 @dataclass(frozen=True, slots=True)
 class DestinationClasses:
-    explicit: tuple[Destination, ...]  # exact mandate entry, request-derived, or the principal's own
+    explicit: tuple[
+        Destination, ...
+    ]  # exact mandate entry, request-derived, or the principal's own
     by_pattern: tuple[Destination, ...]  # matched only a wildcard entry
     outside: tuple[Destination, ...]  # matched nothing
 
@@ -206,7 +222,9 @@ def classify_destinations(
     exact.update(Destination(p.kind, p.value) for p in mandate.destinations if not p.is_wildcard())
     wildcards = [p for p in mandate.destinations if p.is_wildcard()]
     for dest in destinations:
-        if dest in exact or any(not p.is_wildcard() and p.matches(dest) for p in mandate.destinations):
+        if dest in exact or any(
+            not p.is_wildcard() and p.matches(dest) for p in mandate.destinations
+        ):
             explicit.append(dest)
         elif any(p.matches(dest) for p in wildcards):
             by_pattern.append(dest)

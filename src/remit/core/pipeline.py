@@ -25,10 +25,19 @@ from remit.core.mandate import MandateCheck, check_call, classify_destinations
 from remit.core.policy import PolicyEngine, PolicyRequest, PolicyResult
 from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import TaskClaims, TokenService, verify_call_proof
-from remit.errors import InvalidProof, InvalidRequest, InvalidToken, RemitError, TokenExpired, TokenRevoked
+from remit.errors import (
+    InvalidProof,
+    InvalidRequest,
+    InvalidToken,
+    RemitError,
+    TokenExpired,
+    TokenRevoked,
+)
 from remit.ids import new_id
 
-ARGUMENT_LIMITS = JsonLimits(max_depth=12, max_bytes=256 * 1024, max_string=64 * 1024, max_items=2048)
+ARGUMENT_LIMITS = JsonLimits(
+    max_depth=12, max_bytes=256 * 1024, max_string=64 * 1024, max_items=2048
+)
 MAX_PROOF_BYTES = 4096
 
 
@@ -114,7 +123,9 @@ class Monitor(Protocol):
 class ApprovalGate(Protocol):
     """Step 6: turn approval_required into allow when a matching approval is presented."""
 
-    def resolve(self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task) -> tuple[Outcome, bool]:
+    def resolve(
+        self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task
+    ) -> tuple[Outcome, bool]:
         """Return (outcome, approved?)."""
         ...
 
@@ -126,7 +137,9 @@ class LeaseResolver(Protocol):
 
 
 class NoApprovals:
-    def resolve(self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task) -> tuple[Outcome, bool]:
+    def resolve(
+        self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task
+    ) -> tuple[Outcome, bool]:
         if outcome is Outcome.APPROVAL_REQUIRED:
             # With no approval service every approval_required stays unapproved: fail closed.
             return Outcome.APPROVAL_REQUIRED, False
@@ -239,7 +252,11 @@ class Pipeline:
 
         # 2. Load state: task open and matching the token, agent active, no revoked ancestor.
         task = self.state.get_task(claims.task_id)
-        if task is None or task.agent_id != claims.agent_id or task.instance_id != claims.instance_id:
+        if (
+            task is None
+            or task.agent_id != claims.agent_id
+            or task.instance_id != claims.instance_id
+        ):
             raise InvalidToken("the token names no such task", reason="unknown_task")
         status = task.effective_status(now)
         if status is TaskStatus.EXPIRED:
@@ -247,7 +264,9 @@ class Pipeline:
         if status is not TaskStatus.OPEN:
             raise TokenRevoked("the task has ended", reason=f"task_{status.value}")
         if task.mandate_digest != claims.mandate_digest:
-            raise InvalidToken("the token does not match the task's mandate", reason="mandate_mismatch")
+            raise InvalidToken(
+                "the token does not match the task's mandate", reason="mandate_mismatch"
+            )
         agent = self.state.get_agent(task.agent_id)
         if agent is None or agent.status is not AgentStatus.ACTIVE:
             raise TokenRevoked("the agent is not active", reason="agent_inactive")
@@ -259,7 +278,16 @@ class Pipeline:
         spec = self.catalog().get(tool)
         if spec is None:
             return self._finish(
-                ctx, decision_id, task, agent, None, Outcome.DENY, ("unknown-tool",), Mode.ENFORCE, "", call
+                ctx=ctx,
+                decision_id=decision_id,
+                task=task,
+                agent=agent,
+                spec=None,
+                outcome=Outcome.DENY,
+                reasons=("unknown-tool",),
+                mode=Mode.ENFORCE,
+                policy_version=self.policy.version,
+                call=call,
             )
         ctx["privilege"] = spec.privilege.value
         destinations = spec.destinations_in(call.arguments)
@@ -273,24 +301,46 @@ class Pipeline:
         monitor_reasons, anomaly = self.monitor.check(task, spec, now)
 
         # 5. Policy: always evaluated, so an explanation names every rule that fired.
-        result = self.policy.evaluate(self._policy_request(task, instance, spec, check, mode, anomaly, now))
-        reasons = tuple(dict.fromkeys(check.violations + monitor_reasons + result.reasons))
+        result = self.policy.evaluate(
+            self._policy_request(
+                task=task,
+                instance=instance,
+                spec=spec,
+                check=check,
+                mode=mode,
+                anomaly=anomaly,
+                now=now,
+            )
+        )
         if check.violations or monitor_reasons or not result.allowed:
-            reasons = tuple(r for r in reasons if not r.startswith("permit-")) or ("default-deny",)
+            # A deny names what denied: mandate checks, monitor, then the forbidding policies.
+            policy_reasons = () if result.allowed else result.reasons
+            reasons = tuple(dict.fromkeys(check.violations + monitor_reasons + policy_reasons))
             outcome = Outcome.DENY
         else:
-            outcome = Outcome.ALLOW
+            reasons, outcome = result.reasons, Outcome.ALLOW
         ctx["shadow_policies"] = list(result.shadow_reasons)
 
         # 6. Approval.
         outcome, approved = self.approvals.resolve(outcome, reasons, call, task)
         ctx["approved"] = approved
         return self._finish(
-            ctx, decision_id, task, agent, spec, outcome, reasons, mode, result.version, call, result
+            ctx=ctx,
+            decision_id=decision_id,
+            task=task,
+            agent=agent,
+            spec=spec,
+            outcome=outcome,
+            reasons=reasons,
+            mode=mode,
+            policy_version=result.version,
+            call=call,
+            result=result,
         )
 
     def _finish(
         self,
+        *,
         ctx: dict[str, Any],
         decision_id: str,
         task: Task,
@@ -308,7 +358,10 @@ class Pipeline:
         if allowed and spec is not None:
             # 7. Leases, then budget and taint (DESIGN §2 step 9, applied before the result exists).
             obligations = self.leases.obligations(task, spec)
-            if not self.state.consume_call(task.task_id, spec.output_labels) and mode is Mode.ENFORCE:
+            if (
+                not self.state.consume_call(task.task_id, spec.output_labels)
+                and mode is Mode.ENFORCE
+            ):
                 allowed, outcome = False, Outcome.DENY
                 reasons = ("budget-exhausted",)
                 obligations = ()
@@ -363,6 +416,7 @@ class Pipeline:
 
     def _policy_request(
         self,
+        *,
         task: Task,
         instance: Instance,
         spec: ToolSpec,
@@ -383,7 +437,9 @@ class Pipeline:
                 "delegation_depth": task.depth,
             },
             "tool_in_mandate": spec.name in task.mandate.tools,
-            "destinations": [str(d) for d in classes.explicit + classes.by_pattern + classes.outside],
+            "destinations": [
+                str(d) for d in classes.explicit + classes.by_pattern + classes.outside
+            ],
             "destinations_explicit": [str(d) for d in classes.explicit],
             "destinations_by_pattern": [str(d) for d in classes.by_pattern],
             "destinations_outside": [str(d) for d in classes.outside],
@@ -397,7 +453,9 @@ class Pipeline:
             "delegated": task.parent_id is not None,
             "hour_utc": time.gmtime(now).tm_hour,
         }
-        return PolicyRequest(agent_id=task.agent_id, action=spec.privilege.value, tool=spec.name, context=context)
+        return PolicyRequest(
+            agent_id=task.agent_id, action=spec.privilege.value, tool=spec.name, context=context
+        )
 
 
 def _printable(tool: object) -> str:

@@ -8,6 +8,7 @@ a durable audit record; any failure raises AuditUnavailable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -20,10 +21,10 @@ from typing import Any, Protocol
 
 from remit.clock import Clock
 from remit.core.audit import (
+    GENESIS_HASH,
     AuditRecord,
     ChainReport,
     Checkpoint,
-    GENESIS_HASH,
     SignatureCheck,
     b64url,
     chain_record,
@@ -33,6 +34,7 @@ from remit.core.audit import (
 from remit.errors import AuditUnavailable, RemitError
 from remit.ids import new_id
 from remit.store.sql import SqlStore
+
 
 class Signer(Protocol):
     kid: str
@@ -117,7 +119,9 @@ class AuditLog:
             except AuditUnavailable:
                 raise
             except Exception as exc:  # timeout or anything the writer hit
-                raise AuditUnavailable("the audit record could not be written", reason="audit_write_failed") from exc
+                raise AuditUnavailable(
+                    "the audit record could not be written", reason="audit_write_failed"
+                ) from exc
         return record
 
     def flush(self) -> None:
@@ -130,7 +134,9 @@ class AuditLog:
         try:
             head = self.store.audit_head()
         except RemitError as exc:
-            raise AuditUnavailable("the audit store is unavailable", reason="audit_store_down") from exc
+            raise AuditUnavailable(
+                "the audit store is unavailable", reason="audit_store_down"
+            ) from exc
         if head is None:
             self._head_seq, self._head_hash = 0, GENESIS_HASH
         else:
@@ -169,7 +175,9 @@ class AuditLog:
             self._maybe_checkpoint(force_time=False, force=stop)
 
     def _fail(self, batch: list[tuple[Any, Future[AuditRecord | None]]], exc: Exception) -> None:
-        error = AuditUnavailable("the audit record could not be written", reason="audit_write_failed")
+        error = AuditUnavailable(
+            "the audit record could not be written", reason="audit_write_failed"
+        )
         error.__cause__ = exc
         with self._lock:
             self._broken = True
@@ -190,10 +198,9 @@ class AuditLog:
             return
         due_time = time.monotonic() - self._last_checkpoint_at >= self.checkpoint_seconds
         if force or pending >= self.checkpoint_every or (force_time and due_time):
-            try:
+            # A missed checkpoint is retried after the next group.
+            with contextlib.suppress(Exception):
                 self._write_checkpoint(self._committed_seq, self._committed_hash)
-            except Exception:  # noqa: S110 - a missed checkpoint is retried on the next group
-                pass
 
     def _write_checkpoint(self, seq: int, head_hash: str) -> Checkpoint:
         ts = self.clock.now()
@@ -210,7 +217,7 @@ class AuditLog:
     def checkpoint(self) -> Checkpoint | None:
         """Flush and write a signed checkpoint of the current head now."""
         self.flush()
-        if self._committed_seq == 0 or self._committed_seq == self._last_checkpoint_seq:
+        if self._committed_seq in (0, self._last_checkpoint_seq):
             return None
         return self._write_checkpoint(self._committed_seq, self._committed_hash)
 
@@ -221,7 +228,10 @@ class AuditLog:
     def verify(self) -> ChainReport:
         anchor = read_anchor(self.anchor_path) if self.anchor_path else None
         return verify_chain(
-            self.store.iter_audit(), self.store.list_checkpoints(), self.check_signature, anchor=anchor
+            self.store.iter_audit(),
+            self.store.list_checkpoints(),
+            self.check_signature,
+            anchor=anchor,
         )
 
 
@@ -243,4 +253,10 @@ def read_anchor(path: Path | None) -> Checkpoint | None:
     if path is None or not path.exists():
         return None
     data = json.loads(path.read_text())
-    return Checkpoint(int(data["seq"]), str(data["head_hash"]), float(data["ts"]), str(data["kid"]), str(data["signature"]))
+    return Checkpoint(
+        int(data["seq"]),
+        str(data["head_hash"]),
+        float(data["ts"]),
+        str(data["kid"]),
+        str(data["signature"]),
+    )

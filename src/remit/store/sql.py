@@ -15,7 +15,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from remit.canonical import canonical_bytes_unchecked
 from remit.core.audit import AuditRecord, Checkpoint
-from remit.core.destinations import Destination
+from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.labels import Labels
 from remit.core.mandate import Mandate
@@ -44,7 +44,8 @@ class SqlStore:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            # WAL + NORMAL survives a process crash; FULL also survives power loss (one fsync per group).
+            # WAL + NORMAL survives a process crash; FULL also survives power loss,
+            # at one fsync per group commit.
             if synchronous not in ("NORMAL", "FULL"):
                 raise ValueError("synchronous must be NORMAL or FULL")
 
@@ -76,12 +77,16 @@ class SqlStore:
                 if version in applied:
                     continue
                 step(conn)
-                conn.execute(insert(t.schema_migrations).values(version=version, applied_at=time.time()))
+                conn.execute(
+                    insert(t.schema_migrations).values(version=version, applied_at=time.time())
+                )
             return max([v for v, _ in t.MIGRATIONS])
 
     def schema_version(self) -> int:
         with self._tx() as conn:
-            return int(conn.execute(select(func.max(t.schema_migrations.c.version))).scalar_one() or 0)
+            return int(
+                conn.execute(select(func.max(t.schema_migrations.c.version))).scalar_one() or 0
+            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -124,7 +129,9 @@ class SqlStore:
     def update_agent(self, agent: Agent) -> None:
         with self._tx() as conn:
             row = self._agent_row(agent)
-            conn.execute(update(t.agents).where(t.agents.c.agent_id == agent.agent_id).values(**row))
+            conn.execute(
+                update(t.agents).where(t.agents.c.agent_id == agent.agent_id).values(**row)
+            )
 
     def get_agent(self, agent_id: str) -> Agent | None:
         with self._tx() as conn:
@@ -144,14 +151,18 @@ class SqlStore:
         }
         with self._tx() as conn:
             done = conn.execute(
-                update(t.principals).where(t.principals.c.principal_id == principal.principal_id).values(**values)
+                update(t.principals)
+                .where(t.principals.c.principal_id == principal.principal_id)
+                .values(**values)
             )
             if done.rowcount == 0:
                 conn.execute(insert(t.principals).values(**values))
 
     def get_principal(self, principal_id: str) -> Principal | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.principals).where(t.principals.c.principal_id == principal_id)).first()
+            row = conn.execute(
+                select(t.principals).where(t.principals.c.principal_id == principal_id)
+            ).first()
         if row is None:
             return None
         identifiers = tuple(_destination(s) for s in json.loads(row.identifiers))
@@ -173,10 +184,14 @@ class SqlStore:
 
     def get_join_token(self, token_hash: str) -> JoinTokenRecord | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.join_tokens).where(t.join_tokens.c.token_hash == token_hash)).first()
+            row = conn.execute(
+                select(t.join_tokens).where(t.join_tokens.c.token_hash == token_hash)
+            ).first()
         if row is None:
             return None
-        return JoinTokenRecord(row.token_hash, row.agent_id, row.created_at, row.expires_at, row.used_at, row.used_by)
+        return JoinTokenRecord(
+            row.token_hash, row.agent_id, row.created_at, row.expires_at, row.used_at, row.used_by
+        )
 
     def consume_join_token(self, token_hash: str, now: float, used_by: str) -> bool:
         c = t.join_tokens.c
@@ -190,7 +205,11 @@ class SqlStore:
 
     def insert_nonce(self, nonce: str, expires_at: float) -> None:
         with self._tx() as conn:
-            conn.execute(insert(t.attestation_nonces).values(nonce=nonce, expires_at=expires_at, used_at=None))
+            conn.execute(
+                insert(t.attestation_nonces).values(
+                    nonce=nonce, expires_at=expires_at, used_at=None
+                )
+            )
 
     def consume_nonce(self, nonce: str, now: float) -> bool:
         c = t.attestation_nonces.c
@@ -218,15 +237,24 @@ class SqlStore:
                     )
                 )
         except IntegrityError:
-            raise Conflict("this key is bound to another instance already", reason="key_in_use") from None
+            raise Conflict(
+                "this key is bound to another instance already", reason="key_in_use"
+            ) from None
 
     def get_instance(self, instance_id: str) -> Instance | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.instances).where(t.instances.c.instance_id == instance_id)).first()
+            row = conn.execute(
+                select(t.instances).where(t.instances.c.instance_id == instance_id)
+            ).first()
         if row is None:
             return None
         return Instance(
-            row.instance_id, row.agent_id, row.jkt, json.loads(row.public_jwk), row.attested_at, bool(row.active)
+            row.instance_id,
+            row.agent_id,
+            row.jkt,
+            json.loads(row.public_jwk),
+            row.attested_at,
+            bool(row.active),
         )
 
     def deactivate_instances(self, agent_id: str) -> int:
@@ -306,16 +334,22 @@ class SqlStore:
                 )
                 if done.rowcount:
                     ended.append(current)
-                children = conn.execute(select(c.task_id).where(c.parent_id == current)).scalars().all()
+                children = (
+                    conn.execute(select(c.task_id).where(c.parent_id == current)).scalars().all()
+                )
                 frontier.extend(children)
         return ended
 
     def expire_tasks(self, now: float) -> list[str]:
         c = t.tasks.c
         with self._tx() as conn:
-            ids = conn.execute(
-                select(c.task_id).where(c.status == TaskStatus.OPEN.value, c.expires_at <= now)
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    select(c.task_id).where(c.status == TaskStatus.OPEN.value, c.expires_at <= now)
+                )
+                .scalars()
+                .all()
+            )
         expired: list[str] = []
         for task_id in ids:
             expired.extend(self.end_task_tree(task_id, TaskStatus.EXPIRED, "ttl", now))
@@ -330,7 +364,11 @@ class SqlStore:
             joined = Labels.parse(json.loads(row.taint)).join(taint)
             done = conn.execute(
                 update(t.tasks)
-                .where(c.task_id == task_id, c.calls_used < c.call_budget, c.status == TaskStatus.OPEN.value)
+                .where(
+                    c.task_id == task_id,
+                    c.calls_used < c.call_budget,
+                    c.status == TaskStatus.OPEN.value,
+                )
                 .values(calls_used=c.calls_used + 1, taint=_dumps(joined.as_list()))
             )
             return done.rowcount == 1
@@ -349,7 +387,9 @@ class SqlStore:
 
     def sweep_jtis(self, now: float) -> int:
         with self._tx() as conn:
-            return int(conn.execute(delete(t.proof_jtis).where(t.proof_jtis.c.expires_at < now)).rowcount)
+            return int(
+                conn.execute(delete(t.proof_jtis).where(t.proof_jtis.c.expires_at < now)).rowcount
+            )
 
     # ------------------------------------------------------------------ audit
     def append_audit(self, records: Sequence[AuditRecord]) -> None:
@@ -371,15 +411,21 @@ class SqlStore:
             with self._tx() as conn:
                 conn.execute(insert(t.audit_events), rows)
         except IntegrityError as exc:
-            raise StoreUnavailable("audit append conflicts with the stored chain", reason="audit_conflict") from exc
+            raise StoreUnavailable(
+                "audit append conflicts with the stored chain", reason="audit_conflict"
+            ) from exc
 
     @staticmethod
     def _record_from(row: Any) -> AuditRecord:
-        return AuditRecord(row.seq, row.event_id, row.ts, row.kind, json.loads(row.data), row.prev_hash, row.hash)
+        return AuditRecord(
+            row.seq, row.event_id, row.ts, row.kind, json.loads(row.data), row.prev_hash, row.hash
+        )
 
     def audit_head(self) -> AuditRecord | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq.desc()).limit(1)).first()
+            row = conn.execute(
+                select(t.audit_events).order_by(t.audit_events.c.seq.desc()).limit(1)
+            ).first()
         return self._record_from(row) if row else None
 
     def iter_audit(self, after_seq: int = 0) -> Iterator[AuditRecord]:
@@ -413,7 +459,9 @@ class SqlStore:
 
     def list_checkpoints(self) -> list[Checkpoint]:
         with self._tx() as conn:
-            rows = conn.execute(select(t.audit_checkpoints).order_by(t.audit_checkpoints.c.seq)).all()
+            rows = conn.execute(
+                select(t.audit_checkpoints).order_by(t.audit_checkpoints.c.seq)
+            ).all()
         return [Checkpoint(r.seq, r.head_hash, r.ts, r.kid, r.signature) for r in rows]
 
     # ------------------------------------------------------------------ policy versions
@@ -423,7 +471,9 @@ class SqlStore:
             if record.active:
                 conn.execute(update(t.policy_versions).values(active=False))
             done = conn.execute(
-                update(t.policy_versions).where(c.version == record.version).values(active=record.active)
+                update(t.policy_versions)
+                .where(c.version == record.version)
+                .values(active=record.active)
             )
             if done.rowcount == 0:
                 conn.execute(
@@ -441,11 +491,11 @@ class SqlStore:
             row = conn.execute(select(t.policy_versions).where(c.active.is_(True))).first()
         if row is None:
             return None
-        return PolicyVersionRecord(row.version, json.loads(row.sources), row.loaded_at, bool(row.active))
+        return PolicyVersionRecord(
+            row.version, json.loads(row.sources), row.loaded_at, bool(row.active)
+        )
 
 
 def _destination(text: str) -> Destination:
-    from remit.core.destinations import normalize_destination
-
     kind, _, value = text.partition(":")
     return normalize_destination(kind, value)
