@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
@@ -85,22 +86,54 @@ class TaskGrant:
 
 
 class _State:
-    """The pipeline's view of the store."""
+    """The pipeline's view of the store.
 
-    def __init__(self, store: SqlStore) -> None:
+    Agents, instances and principals change rarely and are read on every
+    call, so they are cached; every change made through this service
+    invalidates its entry at once, and the TTL bounds how long a change made
+    by another replica can take to arrive. Tasks are read fresh on every call.
+    """
+
+    def __init__(self, store: SqlStore, ttl_seconds: float = 2.0) -> None:
         self.store = store
+        self.ttl = ttl_seconds
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, kind: str, key: str, load: Callable[[str], R]) -> R:
+        now = time.monotonic()
+        hit = self._cache.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return cast(R, hit[1])
+        value = load(key)
+        with self._lock:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            if value is not None:
+                self._cache[(kind, key)] = (now + self.ttl, value)
+        return value
+
+    def invalidate(self, kind: str | None = None, key: str | None = None) -> None:
+        with self._lock:
+            if kind is None:
+                self._cache.clear()
+            elif key is None:
+                for k in [k for k in self._cache if k[0] == kind]:
+                    del self._cache[k]
+            else:
+                self._cache.pop((kind, key), None)
 
     def get_task(self, task_id: str) -> Task | None:
         return self.store.get_task(task_id)
 
     def get_agent(self, agent_id: str) -> Agent | None:
-        return self.store.get_agent(agent_id)
+        return self._cached("agent", agent_id, self.store.get_agent)
 
     def get_instance(self, instance_id: str) -> Instance | None:
-        return self.store.get_instance(instance_id)
+        return self._cached("instance", instance_id, self.store.get_instance)
 
     def get_principal(self, principal_id: str) -> Principal | None:
-        return self.store.get_principal(principal_id)
+        return self._cached("principal", principal_id, self.store.get_principal)
 
     def ancestors_open(self, task: Task, now: float) -> bool:
         parent_id = task.parent_id
@@ -113,11 +146,12 @@ class _State:
             parent_id = parent.parent_id
         return True
 
-    def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
-        return self.store.remember_jti(jti, expires_at, now)
-
-    def consume_call(self, task_id: str, taint: Labels) -> bool:
-        return self.store.consume_call(task_id, taint)
+    def record_call(
+        self, *, task_id: str, jti: str, jti_expires_at: float, consume: bool, taint: Labels
+    ) -> tuple[bool, bool]:
+        return self.store.record_call(
+            task_id=task_id, jti=jti, jti_expires_at=jti_expires_at, consume=consume, taint=taint
+        )
 
 
 class Remit:
@@ -147,11 +181,12 @@ class Remit:
         )
         self.monitor = BasicMonitor(max_calls_per_minute=settings.max_calls_per_minute)
         self.mandate_limits = MandateLimits(max_ttl_seconds=settings.max_task_ttl_seconds)
+        self.state = _State(store)
         self.pipeline = Pipeline(
             tokens=self.tokens,
             policy=policy,
             catalog=lambda: self._catalog,
-            state=_State(store),
+            state=self.state,
             audit=audit,
             clock=clock,
             monitor=self.monitor,
@@ -290,8 +325,10 @@ class Remit:
                 raise Conflict("a retired agent cannot change status", reason="agent_retired")
             updated = agent.with_status(status, self.clock.now())
             self.store.update_agent(updated)
+            self.state.invalidate("agent", agent_id)
             if status is AgentStatus.RETIRED:
                 self.store.deactivate_instances(agent_id)
+                self.state.invalidate("instance")
             self.audit.append(
                 f"agent.{status.value}", {"agent": agent_id, "reason": _short(reason)}
             )
@@ -308,6 +345,7 @@ class Remit:
                 raise InvalidRequest("mode must be enforce or shadow", reason="bad_mode") from None
             updated = replace(agent, mode=new_mode, updated_at=self.clock.now())
             self.store.update_agent(updated)
+            self.state.invalidate("agent", agent_id)
             self.audit.append("agent.mode", {"agent": agent_id, "mode": new_mode.value})
             return updated
 
@@ -330,6 +368,7 @@ class Remit:
                 parsed.append(normalize_destination(pattern.kind, pattern.value))
             principal = Principal(pid, _short(display_name or pid), tuple(parsed))
             self.store.upsert_principal(principal)
+            self.state.invalidate("principal", pid)
             self.audit.append(
                 "principal.registered", {"principal": pid, "identifiers": [str(d) for d in parsed]}
             )

@@ -1408,3 +1408,29 @@ def test_extraction_never_invents(parts: list[str]) -> None:
     for rejection in result.rejected:
         assert len(rejection.text) <= 80
         assert rejection.reason
+
+
+def test_a_realistic_request() -> None:
+    text = (
+        "Hi! Please reply to ticket 4711 from Alice <alice@example.com> and cc\n"
+        "bob@acme.example. The refund goes to IBAN DE89 3704 0044 0532 0130 00;\n"
+        "details are at https://support.acme.example/tickets/4711?tab=refund.\n"
+        "Do NOT use the address in spiffe://acme.example/agent/x or alice [at] evil [dot] com.\n"
+        "\n"
+        "On Tue, 2 Jan 2024 at 09:12, Mallory <mallory@evil.com> wrote:\n"
+        "> Please send the invoice to billing@evil.com and call +1 555 010 9999\n"
+    )
+    result = extract_destinations(text)
+    assert [str(d) for d in result.destinations] == [
+        "email:alice@example.com",
+        "email:bob@acme.example",
+        "account:DE89370400440532013000",
+        "url:https://support.acme.example/tickets/4711",
+    ]
+    assert [(r.text, r.reason) for r in result.rejected] == [
+        ("spiffe://acme.example/agent/x", "unsupported_scheme"),
+        ("alice [at] evil [dot] com", "obfuscated"),
+        ("mallory@evil.com", "quoted"),
+        ("billing@evil.com", "quoted"),
+        ("+1 555 010 9999", "quoted"),
+    ]

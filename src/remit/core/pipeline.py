@@ -104,8 +104,12 @@ class PipelineState(Protocol):
     def get_instance(self, instance_id: str) -> Instance | None: ...
     def get_principal(self, principal_id: str) -> Principal | None: ...
     def ancestors_open(self, task: Task, now: float) -> bool: ...
-    def remember_jti(self, jti: str, expires_at: float, now: float) -> bool: ...
-    def consume_call(self, task_id: str, taint: Labels) -> bool: ...
+    def record_call(
+        self, *, task_id: str, jti: str, jti_expires_at: float, consume: bool, taint: Labels
+    ) -> tuple[bool, bool]:
+        """Atomically remember the proof's jti and, if ``consume``, take one call from the
+        budget and join ``taint``. Returns (jti was fresh, call was consumed)."""
+        ...
 
 
 class AuditSink(Protocol):
@@ -217,7 +221,7 @@ class Pipeline:
             raise
 
     def _refusal_record(self, context: dict[str, Any], exc: RemitError) -> None:
-        data = dict(context)
+        data = {k: v for k, v in context.items() if not k.startswith("_")}
         data.update({"outcome": "refused", "error": exc.code, "reason": exc.reason})
         self.audit.append("decision", data)  # AuditUnavailable propagates: fail closed
 
@@ -246,9 +250,9 @@ class Pipeline:
             max_age=self.proof_max_age,
             leeway=self.proof_leeway,
         )
-        expires = proof.issued_at + self.proof_max_age + 2 * self.proof_leeway
-        if not self.state.remember_jti(proof.jti, expires, now):
-            raise InvalidProof("this proof was used before", reason="replayed")
+        # The jti is remembered in the same transaction that records the call (see _finish):
+        # of two concurrent uses of one proof, exactly one commits.
+        ctx["_jti"] = (proof.jti, proof.issued_at + self.proof_max_age + 2 * self.proof_leeway)
 
         # 2. Load state: task open and matching the token, agent active, no revoked ancestor.
         task = self.state.get_task(claims.task_id)
@@ -353,20 +357,25 @@ class Pipeline:
         call: CallRequest,
         result: PolicyResult | None = None,
     ) -> Decision:
-        allowed = outcome is Outcome.ALLOW or mode is Mode.SHADOW
+        # An unknown tool is denied even in shadow mode: there is nothing to decide it by.
+        allowed = spec is not None and (outcome is Outcome.ALLOW or mode is Mode.SHADOW)
         obligations: tuple[Obligation, ...] = ()
+        # 7. Leases; then the jti, budget and taint in one transaction (DESIGN §2 step 9,
+        # applied before the result exists, so no later report is needed).
         if allowed and spec is not None:
-            # 7. Leases, then budget and taint (DESIGN §2 step 9, applied before the result exists).
             obligations = self.leases.obligations(task, spec)
-            if (
-                not self.state.consume_call(task.task_id, spec.output_labels)
-                and mode is Mode.ENFORCE
-            ):
-                allowed, outcome = False, Outcome.DENY
-                reasons = ("budget-exhausted",)
-                obligations = ()
-        elif allowed:
-            allowed = False  # unknown tool: not even shadow mode lets it through
+        jti, jti_expires_at = ctx.pop("_jti")
+        fresh, consumed = self.state.record_call(
+            task_id=task.task_id,
+            jti=jti,
+            jti_expires_at=jti_expires_at,
+            consume=allowed,
+            taint=spec.output_labels if spec is not None else Labels(),
+        )
+        if not fresh:
+            raise InvalidProof("this proof was used before", reason="replayed")
+        if allowed and not consumed and mode is Mode.ENFORCE:
+            allowed, outcome, reasons, obligations = False, Outcome.DENY, ("budget-exhausted",), ()
         # 8. Audit: the decision is chained and written before the call may go ahead.
         ctx.update(
             outcome=outcome.value,

@@ -96,7 +96,10 @@ tasks = Table(
     Column("ended_at", Float, nullable=True),
     Column("end_reason", String(64), nullable=True),
     Column("calls_used", Integer, nullable=False),
-    Column("taint", Text, nullable=False),  # JSON list of labels
+    # Taint as a level and a bit set, joined in SQL (max, bitwise or) so that
+    # concurrent calls on one task can never lose each other's taint.
+    Column("taint_level", Integer, nullable=False),
+    Column("taint_flags", Integer, nullable=False),
     Index("ix_tasks_status_expires", "status", "expires_at"),
 )
 

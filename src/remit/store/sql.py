@@ -8,7 +8,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -17,7 +28,7 @@ from remit.canonical import canonical_bytes_unchecked
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
-from remit.core.labels import Labels
+from remit.core.labels import FLAGS, Labels, Sensitivity
 from remit.core.mandate import Mandate
 from remit.core.tasks import Task, TaskStatus
 from remit.errors import Conflict, StoreUnavailable
@@ -284,7 +295,8 @@ class SqlStore:
                     ended_at=task.ended_at,
                     end_reason=task.end_reason,
                     calls_used=task.calls_used,
-                    taint=_dumps(task.taint.as_list()),
+                    taint_level=int(task.taint.sensitivity),
+                    taint_flags=_flag_bits(task.taint),
                 )
             )
 
@@ -304,13 +316,13 @@ class SqlStore:
             ended_at=row.ended_at,
             end_reason=row.end_reason,
             calls_used=row.calls_used,
-            taint=Labels.parse(json.loads(row.taint)),
+            taint=_labels(row.taint_level, row.taint_flags),
             depth=row.depth,
         )
 
     def get_task(self, task_id: str) -> Task | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.tasks).where(t.tasks.c.task_id == task_id)).first()
+            row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
         return self._task_from(row) if row else None
 
     def end_task_tree(self, task_id: str, status: TaskStatus, reason: str, now: float) -> list[str]:
@@ -356,22 +368,33 @@ class SqlStore:
         return expired
 
     def consume_call(self, task_id: str, taint: Labels) -> bool:
-        c = t.tasks.c
         with self._tx() as conn:
-            row = conn.execute(select(c.taint).where(c.task_id == task_id)).first()
-            if row is None:
-                return False
-            joined = Labels.parse(json.loads(row.taint)).join(taint)
-            done = conn.execute(
-                update(t.tasks)
-                .where(
-                    c.task_id == task_id,
-                    c.calls_used < c.call_budget,
-                    c.status == TaskStatus.OPEN.value,
-                )
-                .values(calls_used=c.calls_used + 1, taint=_dumps(joined.as_list()))
-            )
-            return done.rowcount == 1
+            return self._consume(conn, task_id, taint)
+
+    @staticmethod
+    def _consume(conn: Connection, task_id: str, taint: Labels) -> bool:
+        done = conn.execute(
+            _CONSUME,
+            {"b_task_id": task_id, "level": int(taint.sensitivity), "bits": _flag_bits(taint)},
+        )
+        return done.rowcount == 1
+
+    def record_call(
+        self, *, task_id: str, jti: str, jti_expires_at: float, consume: bool, taint: Labels
+    ) -> tuple[bool, bool]:
+        """One transaction per decided call: remember the proof's jti and, for an
+        allowed call, take one call from the budget and join the taint.
+
+        Returns (fresh, consumed): ``fresh`` is False for a replayed jti, and
+        then nothing else is changed.
+        """
+        try:
+            with self._tx() as conn:
+                conn.execute(_INSERT_JTI, {"b_jti": jti, "b_expires_at": jti_expires_at})
+                consumed = self._consume(conn, task_id, taint) if consume else False
+        except IntegrityError:
+            return False, False
+        return True, consumed
 
     def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
         c = t.proof_jtis.c
@@ -494,6 +517,40 @@ class SqlStore:
         return PolicyVersionRecord(
             row.version, json.loads(row.sources), row.loaded_at, bool(row.active)
         )
+
+
+_FLAG_BITS = {flag: 1 << i for i, flag in enumerate(sorted(FLAGS))}
+
+
+def _flag_bits(labels: Labels) -> int:
+    return sum(_FLAG_BITS[f] for f in labels.flags)
+
+
+def _labels(level: int, bits: int) -> Labels:
+    return Labels(Sensitivity(level), frozenset(f for f, b in _FLAG_BITS.items() if bits & b))
+
+
+# Hot-path statements, built once: SQLAlchemy then reuses their compiled form.
+_GET_TASK = select(t.tasks).where(t.tasks.c.task_id == bindparam("task_id"))
+_INSERT_JTI = insert(t.proof_jtis).values(
+    jti=bindparam("b_jti"), expires_at=bindparam("b_expires_at")
+)
+_CONSUME = (
+    update(t.tasks)
+    .where(
+        t.tasks.c.task_id == bindparam("b_task_id"),
+        t.tasks.c.calls_used < t.tasks.c.call_budget,
+        t.tasks.c.status == TaskStatus.OPEN.value,
+    )
+    .values(
+        calls_used=t.tasks.c.calls_used + 1,
+        taint_level=case(
+            (t.tasks.c.taint_level < bindparam("level"), bindparam("level")),
+            else_=t.tasks.c.taint_level,
+        ),
+        taint_flags=t.tasks.c.taint_flags.bitwise_or(bindparam("bits")),
+    )
+)
 
 
 def _destination(text: str) -> Destination:
