@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from remit import __version__
@@ -41,7 +42,7 @@ EXIT_CODES = {
 
 
 def _fail(console: Console, exc: RemitError) -> typer.Exit:
-    console.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+    console.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
     return typer.Exit(EXIT_CODES.get(exc.code, 1))
 
 
@@ -91,7 +92,7 @@ def audit_verify() -> None:
     style = "green" if report.ok else "bold red"
     console.print(f"[{style}]{report.summary()}[/]")
     for problem in report.problems:
-        console.print(f"  - {problem}")
+        console.print(f"  - {escape(problem)}")
     if not report.ok:
         raise typer.Exit(8)
 
