@@ -1,9 +1,15 @@
-"""The audit log: hash and enqueue on the caller's thread, group-commit on one writer.
+"""The audit log: hash on the caller's thread, group-commit the pending records.
 
-The decision path pays only for building, hashing and enqueueing a record.
-In durable mode (the default) ``append`` then waits until the writer has
-committed the group that holds the record, so no allow is returned without
-a durable audit record; any failure raises AuditUnavailable.
+Group commit is leader-based. Each ``append`` chains its record under a short
+lock and puts it on the pending list. In durable mode (the default) the
+caller then takes the commit lock: if an earlier leader already wrote its
+record it returns at once, otherwise it becomes the leader and writes every
+pending record in one transaction. Concurrent callers therefore share one
+commit, and a lone caller pays no thread hand-off. No allow is returned
+without a committed audit record; any failure raises AuditUnavailable.
+
+In non-durable mode a background writer commits the pending records shortly
+after they are appended. The same thread writes periodic signed checkpoints.
 """
 
 from __future__ import annotations
@@ -11,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +39,8 @@ from remit.errors import AuditUnavailable, RemitError
 from remit.ids import new_id
 from remit.store.sql import SqlStore
 
+MAX_BATCH = 1000
+
 
 class Signer(Protocol):
     kid: str
@@ -42,8 +48,15 @@ class Signer(Protocol):
     def sign(self, payload: bytes) -> bytes: ...
 
 
-_STOP = object()
-MAX_BATCH = 512
+class _Pending:
+    """One appended record waiting for its group commit."""
+
+    __slots__ = ("done", "error", "record")
+
+    def __init__(self, record: AuditRecord) -> None:
+        self.record = record
+        self.done = False
+        self.error: BaseException | None = None
 
 
 class AuditLog:
@@ -58,7 +71,7 @@ class AuditLog:
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,
         anchor_path: Path | None = None,
-        wait_timeout: float = 10.0,
+        flush_interval: float = 0.005,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -68,9 +81,11 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.anchor_path = anchor_path
-        self.wait_timeout = wait_timeout
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.flush_interval = flush_interval
+        self._lock = threading.Lock()  # the chain head and the pending list
+        self._commit_lock = threading.Lock()  # one group commit at a time
+        self._pending: list[_Pending] = []
+        self._wake = threading.Event()
         self._broken = True  # forces a read of the stored head before the first append
         self._head_seq = 0
         self._head_hash = GENESIS_HASH
@@ -91,15 +106,17 @@ class AuditLog:
     def close(self) -> None:
         if self._started and not self._closed:
             self._closed = True
-            done: Future[AuditRecord | None] = Future()
-            self._queue.put((_STOP, done))
-            self._writer.join(timeout=self.wait_timeout)
+            self._wake.set()
+            self._writer.join(timeout=10.0)
+            with contextlib.suppress(RemitError):
+                self.flush()
+            with contextlib.suppress(Exception):
+                self._maybe_checkpoint(force=True)
 
     # ------------------------------------------------------------------ appending
     def append(self, kind: str, data: Mapping[str, Any]) -> AuditRecord:
         if self._closed or not self._started:
             raise AuditUnavailable("the audit log is not running", reason="audit_closed")
-        future: Future[AuditRecord | None] = Future()
         with self._lock:
             if self._broken:
                 self._resync()
@@ -112,23 +129,55 @@ class AuditLog:
                 data=dict(data),
             )
             self._head_seq, self._head_hash = record.seq, record.hash
-            self._queue.put((record, future))
-        if self.durable:
-            try:
-                future.result(timeout=self.wait_timeout)
-            except AuditUnavailable:
-                raise
-            except Exception as exc:  # timeout or anything the writer hit
-                raise AuditUnavailable(
-                    "the audit record could not be written", reason="audit_write_failed"
-                ) from exc
+            pending = _Pending(record)
+            self._pending.append(pending)
+        if not self.durable:
+            self._wake.set()
+            return record
+        with self._commit_lock:
+            if not pending.done:
+                self._commit_pending()
+        if pending.error is not None:
+            raise AuditUnavailable(
+                "the audit record could not be written", reason="audit_write_failed"
+            ) from pending.error
         return record
 
     def flush(self) -> None:
-        """Wait until everything appended so far is committed."""
-        done: Future[AuditRecord | None] = Future()
-        self._queue.put((None, done))
-        done.result(timeout=self.wait_timeout)
+        """Commit everything appended so far; raise AuditUnavailable if that fails."""
+        with self._commit_lock:
+            failed = self._commit_pending()
+        if failed is not None:
+            raise AuditUnavailable(
+                "the audit log could not be written", reason="audit_write_failed"
+            )
+
+    def _commit_pending(self) -> BaseException | None:
+        """Write every pending record as one group. Call with the commit lock held."""
+        failure: BaseException | None = None
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            if not batch:
+                return failure
+            try:
+                self.store.append_audit([p.record for p in batch])
+            except Exception as exc:
+                # Everything pending is chained onto the failed group: fail it all and
+                # let the next append restart from the head that was really stored.
+                with self._lock:
+                    batch.extend(self._pending)
+                    self._pending = []
+                    self._broken = True
+                for p in batch:
+                    p.error, p.done = exc, True
+                return exc
+            self._committed_seq, self._committed_hash = batch[-1].record.seq, batch[-1].record.hash
+            for p in batch:
+                p.done = True
+            if self._committed_seq - self._last_checkpoint_seq >= self.checkpoint_every:
+                with contextlib.suppress(Exception):  # retried after the next group
+                    self._checkpoint_now()
 
     def _resync(self) -> None:
         try:
@@ -144,67 +193,36 @@ class AuditLog:
         self._committed_seq, self._committed_hash = self._head_seq, self._head_hash
         self._broken = False
 
-    # ------------------------------------------------------------------ the writer
+    # ------------------------------------------------------------------ the background writer
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            try:
-                first = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                self._maybe_checkpoint(force_time=True)
-                continue
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            records = [r for r, _ in batch if isinstance(r, AuditRecord)]
-            try:
-                self.store.append_audit(records)
-            except Exception as exc:  # fail everything in this group, and whatever chained onto it
-                self._fail(batch, exc)
-                continue
-            if records:
-                self._committed_seq, self._committed_hash = records[-1].seq, records[-1].hash
-            for item, fut in batch:
-                if item is _STOP:
-                    stop = True
-                if not fut.done():
-                    fut.set_result(item if isinstance(item, AuditRecord) else None)
-            self._maybe_checkpoint(force_time=False, force=stop)
-
-    def _fail(self, batch: list[tuple[Any, Future[AuditRecord | None]]], exc: Exception) -> None:
-        error = AuditUnavailable(
-            "the audit record could not be written", reason="audit_write_failed"
-        )
-        error.__cause__ = exc
-        with self._lock:
-            self._broken = True
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-        for item, fut in batch:
-            if item is _STOP:
-                self._closed = True
-            if not fut.done():
-                fut.set_exception(error)
-
-    def _maybe_checkpoint(self, *, force_time: bool, force: bool = False) -> None:
-        pending = self._committed_seq - self._last_checkpoint_seq
-        if pending <= 0:
-            return
-        due_time = time.monotonic() - self._last_checkpoint_at >= self.checkpoint_seconds
-        if force or pending >= self.checkpoint_every or (force_time and due_time):
-            # A missed checkpoint is retried after the next group.
+        while not self._closed:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if not self.durable:
+                time.sleep(self.flush_interval)  # let a group gather
+                with self._commit_lock:
+                    self._commit_pending()
             with contextlib.suppress(Exception):
-                self._write_checkpoint(self._committed_seq, self._committed_hash)
+                self._maybe_checkpoint()
 
-    def _write_checkpoint(self, seq: int, head_hash: str) -> Checkpoint:
-        ts = self.clock.now()
-        kid = self.signer.kid
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_checkpoint(self, *, force: bool = False) -> None:
+        with self._commit_lock:
+            pending = self._committed_seq - self._last_checkpoint_seq
+            if pending <= 0:
+                return
+            due = time.monotonic() - self._last_checkpoint_at >= self.checkpoint_seconds
+            if force or due or pending >= self.checkpoint_every:
+                self._checkpoint_now()
+
+    def _checkpoint_now(self) -> Checkpoint:
+        """Sign the committed head. Call with the commit lock held."""
+        seq, head_hash, ts, kid = (
+            self._committed_seq,
+            self._committed_hash,
+            self.clock.now(),
+            self.signer.kid,
+        )
         signature = self.signer.sign(checkpoint_payload(seq, head_hash, ts, kid))
         checkpoint = Checkpoint(seq, head_hash, ts, kid, b64url(signature))
         self.store.insert_checkpoint(checkpoint)
@@ -215,11 +233,12 @@ class AuditLog:
         return checkpoint
 
     def checkpoint(self) -> Checkpoint | None:
-        """Flush and write a signed checkpoint of the current head now."""
+        """Commit what is pending and write a signed checkpoint of the head now."""
         self.flush()
-        if self._committed_seq in (0, self._last_checkpoint_seq):
-            return None
-        return self._write_checkpoint(self._committed_seq, self._committed_hash)
+        with self._commit_lock:
+            if self._committed_seq in (0, self._last_checkpoint_seq):
+                return None
+            return self._checkpoint_now()
 
     # ------------------------------------------------------------------ reading
     def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
@@ -236,6 +255,7 @@ class AuditLog:
 
 
 def _write_anchor(path: Path, checkpoint: Checkpoint) -> None:
+    """The latest checkpoint, outside the database: it catches a truncation there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     data = {

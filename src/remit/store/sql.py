@@ -6,6 +6,8 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +40,13 @@ from remit.store.base import JoinTokenRecord, PolicyVersionRecord
 MAX_TREE = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    text: str
+    order: tuple[str, ...] | None  # positional parameter order, for qmark/format dialects
+    defaults: dict[str, Any]
+
+
 def _dumps(value: Any) -> str:
     return canonical_bytes_unchecked(value).decode("utf-8")
 
@@ -68,6 +77,58 @@ class SqlStore:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
+
+        # The two statements every decision runs skip SQLAlchemy's per-call statement
+        # machinery: compiled once for this dialect, run on a pooled DB-API connection.
+        self._get_task_sql = self._compile(_GET_TASK)
+        self._insert_jti_sql = self._compile(_INSERT_JTI)
+        self._consume_sql = self._compile(_CONSUME)
+        self._insert_audit_sql = self._compile(
+            insert(t.audit_events).values(
+                {c.key: bindparam(f"b_{c.key}") for c in t.audit_events.c}
+            )
+        )
+        self._task_columns = tuple(c.key for c in t.tasks.c)
+        self._mandates: dict[str, Mandate] = {}
+
+    def _compile(self, stmt: Any) -> _Compiled:
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        order = compiled.positiontup
+        # Literals in the statement (e.g. ``calls_used + 1``) are bound parameters too.
+        defaults = {k: v for k, v in compiled.params.items() if v is not None}
+        return _Compiled(str(compiled), tuple(order) if order else None, defaults)
+
+    @staticmethod
+    def _params(compiled: _Compiled, values: dict[str, Any]) -> Any:
+        merged = {**compiled.defaults, **values}
+        if compiled.order is not None:
+            return tuple(merged[name] for name in compiled.order)
+        return merged
+
+    @contextmanager
+    def _raw(self) -> Iterator[Any]:
+        """A pooled DB-API cursor in one transaction; errors map like ``_tx``."""
+        integrity = self.engine.dialect.loaded_dbapi.IntegrityError
+        try:
+            conn = self.engine.raw_connection()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StoreUnavailable("the store is unavailable", reason=type(exc).__name__) from exc
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cursor.close()
+        except integrity:
+            raise
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise StoreUnavailable("the store is unavailable", reason=type(exc).__name__) from exc
+        finally:
+            conn.close()
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -300,15 +361,24 @@ class SqlStore:
                 )
             )
 
-    @staticmethod
-    def _task_from(row: Any) -> Task:
+    def _mandate(self, text: str) -> Mandate:
+        # A mandate never changes once issued, so its parsed form is kept (bounded).
+        mandate = self._mandates.get(text)
+        if mandate is None:
+            mandate = Mandate.from_data(json.loads(text))
+            if len(self._mandates) > 10_000:
+                self._mandates.clear()
+            self._mandates[text] = mandate
+        return mandate
+
+    def _task_from(self, row: Any) -> Task:
         return Task(
             task_id=row.task_id,
             agent_id=row.agent_id,
             instance_id=row.instance_id,
             principal_id=row.principal_id,
             parent_id=row.parent_id,
-            mandate=Mandate.from_data(json.loads(row.mandate)),
+            mandate=self._mandate(row.mandate),
             mandate_digest=row.mandate_digest,
             status=TaskStatus(row.status),
             opened_at=row.opened_at,
@@ -321,9 +391,13 @@ class SqlStore:
         )
 
     def get_task(self, task_id: str) -> Task | None:
-        with self._tx() as conn:
-            row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
-        return self._task_from(row) if row else None
+        sql = self._get_task_sql
+        with self._raw() as cursor:
+            cursor.execute(sql.text, self._params(sql, {"task_id": task_id}))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return self._task_from(SimpleNamespace(**dict(zip(self._task_columns, row, strict=True))))
 
     def end_task_tree(self, task_id: str, status: TaskStatus, reason: str, now: float) -> list[str]:
         """End a task and revoke every open descendant, in one transaction."""
@@ -388,11 +462,24 @@ class SqlStore:
         Returns (fresh, consumed): ``fresh`` is False for a replayed jti, and
         then nothing else is changed.
         """
+        integrity = self.engine.dialect.loaded_dbapi.IntegrityError
+        jti_sql, consume_sql = self._insert_jti_sql, self._consume_sql
         try:
-            with self._tx() as conn:
-                conn.execute(_INSERT_JTI, {"b_jti": jti, "b_expires_at": jti_expires_at})
-                consumed = self._consume(conn, task_id, taint) if consume else False
-        except IntegrityError:
+            with self._raw() as cursor:
+                cursor.execute(
+                    jti_sql.text,
+                    self._params(jti_sql, {"b_jti": jti, "b_expires_at": jti_expires_at}),
+                )
+                consumed = False
+                if consume:
+                    values = {
+                        "b_task_id": task_id,
+                        "level": int(taint.sensitivity),
+                        "bits": _flag_bits(taint),
+                    }
+                    cursor.execute(consume_sql.text, self._params(consume_sql, values))
+                    consumed = cursor.rowcount == 1
+        except integrity:
             return False, False
         return True, consumed
 
@@ -420,20 +507,22 @@ class SqlStore:
             return
         rows = [
             {
-                "seq": r.seq,
-                "event_id": r.event_id,
-                "ts": r.ts,
-                "kind": r.kind,
-                "data": _dumps(dict(r.data)),
-                "prev_hash": r.prev_hash,
-                "hash": r.hash,
+                "b_seq": r.seq,
+                "b_event_id": r.event_id,
+                "b_ts": r.ts,
+                "b_kind": r.kind,
+                "b_data": _dumps(dict(r.data)),
+                "b_prev_hash": r.prev_hash,
+                "b_hash": r.hash,
             }
             for r in records
         ]
+        sql = self._insert_audit_sql
+        integrity = self.engine.dialect.loaded_dbapi.IntegrityError
         try:
-            with self._tx() as conn:
-                conn.execute(insert(t.audit_events), rows)
-        except IntegrityError as exc:
+            with self._raw() as cursor:
+                cursor.executemany(sql.text, [self._params(sql, row) for row in rows])
+        except integrity as exc:
             raise StoreUnavailable(
                 "audit append conflicts with the stored chain", reason="audit_conflict"
             ) from exc
