@@ -491,3 +491,81 @@ def test_audit_chain_verifies_after_a_session(remit: Remit, task: TaskSession) -
     report = remit.verify_audit()
     assert report.ok, report.problems
     assert report.checkpoints >= 1
+
+
+# ---------------------------------------------------------------------- keys, monitor, restart
+
+
+def test_signing_key_rotation_keeps_live_tokens_valid(
+    remit: Remit, task: TaskSession, agent_session: AgentSession
+) -> None:
+    old_kid = remit.tokens.jwks()["keys"][0]["kid"]
+    new_kid = remit.rotate_signing_keys()
+    assert new_kid != old_kid
+    assert {k["kid"] for k in remit.jwks()["keys"]} == {old_kid, new_kid}
+    assert task.authorize(
+        "docs/read", {}
+    ).allowed  # signed by the old key, still inside the overlap
+    fresh = open_task(agent_session)
+    header = json.loads(base64.urlsafe_b64decode(fresh.token.split(".")[0] + "=="))
+    assert header["kid"] == new_kid and fresh.authorize("docs/read", {}).allowed
+
+
+def test_kill_switch_denies_at_once(remit: Remit, task: TaskSession) -> None:
+    remit.set_kill_switch(True, agent_id=task.agent.agent_id)
+    decision = task.authorize("docs/read", {})
+    assert not decision.allowed and "kill-switch" in decision.reasons
+    remit.set_kill_switch(False, agent_id=task.agent.agent_id)
+    assert task.authorize("docs/read", {}).allowed
+    remit.set_kill_switch(True)
+    assert not task.authorize("docs/read", {}).allowed
+
+
+def test_rate_limit(remit: Remit, task: TaskSession) -> None:
+    remit.monitor.max_calls_per_minute = 3
+    results = [task.authorize("docs/read", {"i": i}).allowed for i in range(5)]
+    assert results == [True, True, True, False, False]
+
+
+def test_shadow_policy_is_reported_but_does_not_decide(remit: Remit, task: TaskSession) -> None:
+    remit.load_policies(
+        [
+            PolicySource(
+                "trial.cedar",
+                '@id("trial-no-docs") @mode("shadow") forbid (principal, action, resource == Tool::"docs/read");',
+            )
+        ]
+    )
+    decision = task.authorize("docs/read", {})
+    assert decision.allowed and decision.shadow_reasons == ("trial-no-docs",)
+    assert last_record(remit).data["shadow_policies"] == ["trial-no-docs"]
+
+
+def test_policies_from_a_directory_survive_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    from remit.runtime import build_remit, catalog_from_yaml
+
+    from .conftest import CATALOG, make_settings
+
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "ops.cedar").write_text(
+        '@id("no-export") forbid (principal, action, resource == Tool::"crm/export");'
+    )
+    first = build_remit(
+        make_settings(tmp_path, policy_dir=policy_dir),
+        clock=clock,
+        catalog=catalog_from_yaml(CATALOG),
+    )
+    version = first.policy.version
+    assert "no-export" in first.policy.policy_ids()
+    first.close()
+    second = build_remit(make_settings(tmp_path), clock=clock, catalog=catalog_from_yaml(CATALOG))
+    assert second.policy.version == version and "no-export" in second.policy.policy_ids()
+    (policy_dir / "broken.cedar").write_text("this is not cedar")
+    with pytest.raises(PolicyInvalid):
+        build_remit(
+            make_settings(tmp_path, policy_dir=policy_dir),
+            clock=clock,
+            catalog=catalog_from_yaml(CATALOG),
+        )
+    second.close()

@@ -81,11 +81,17 @@ def build_remit(
         audit=audit,
         catalog=catalog,
     )
-    # Reactivate the last good operator policy set; a policy dir in the settings replaces it.
-    if settings.policy_dir is not None:
-        remit.load_policies(read_policy_dir(settings.policy_dir))
-    else:
-        stored = store.active_policy_version()
-        if stored is not None:
-            policy.load([PolicySource(name, text) for name, text in sorted(stored.sources.items())])
+    try:
+        # Reactivate the last good operator policy set; a policy dir in the settings replaces it.
+        if settings.policy_dir is not None:
+            remit.load_policies(read_policy_dir(settings.policy_dir))
+        else:
+            stored = store.active_policy_version()
+            if stored is not None:
+                policy.load(
+                    [PolicySource(name, text) for name, text in sorted(stored.sources.items())]
+                )
+    except BaseException:
+        remit.close()
+        raise
     return remit

@@ -644,6 +644,25 @@ class Remit:
     ) -> Decision:
         return self.pipeline.authorize(CallRequest(task_token, proof, tool, arguments, approval))
 
+    # ------------------------------------------------------------------ keys and emergency stops
+    def rotate_signing_keys(self) -> str:
+        """Start signing with a new key; older keys verify until their tokens have expired."""
+        keyset = self.keys.rotate(self.settings.key_overlap_seconds)
+        self.audit.append(
+            "keys.rotated", {"active_kid": keyset.active.kid, "kids": [k.kid for k in keyset]}
+        )
+        return keyset.active.kid
+
+    def set_kill_switch(self, engaged: bool, *, agent_id: str | None = None) -> None:
+        """Deny every call (or every call of one agent) at the monitor step, at once."""
+        if agent_id is None:
+            self.monitor.killed_all = engaged
+        elif engaged:
+            self.monitor.killed_agents.add(self.get_agent(agent_id).agent_id)
+        else:
+            self.monitor.killed_agents.discard(agent_id)
+        self.audit.append("kill_switch", {"engaged": engaged, "agent": agent_id or "*"})
+
     # ------------------------------------------------------------------ audit
     def verify_audit(self) -> ChainReport:
         self.audit.flush()
