@@ -479,20 +479,28 @@ class Remit:
         agent = self.store.get_agent(claims.agent_id)
         if agent is None or agent.status is not AgentStatus.ACTIVE:
             raise TokenRevoked("the agent is not active", reason="agent_inactive")
+        self._check_proof(proof, instance=instance, token=identity_token, op=op, body=body)
+        return claims, instance
+
+    def _check_proof(
+        self, proof: object, *, instance: Instance, token: str, op: str, body: object
+    ) -> None:
+        """A proof of possession for a non-call operation, single use like every proof."""
         if not isinstance(proof, str) or len(proof) > 4096:
             raise InvalidProof("the proof is malformed", reason="malformed")
         now = self.clock.now()
+        max_age = self.pipeline.proof_max_age
         checked = verify_call_proof(
             proof,
             public_key=load_public_jwk(dict(instance.public_jwk)),
-            token=identity_token,
+            token=token,
             tool=op,
             args_digest=digest(body),
             now=now,
+            max_age=max_age,
         )
-        if not self.store.remember_jti(checked.jti, checked.issued_at + 70.0, now):
+        if not self.store.remember_jti(checked.jti, checked.issued_at + max_age + 10.0, now):
             raise InvalidProof("this proof was used before", reason="replayed")
-        return claims, instance
 
     def renew_identity(self, identity_token: str, proof: str) -> Attestation:
         """A fresh identity token for the same instance (agents rotate before half-life)."""
@@ -590,17 +598,13 @@ class Remit:
             instance = self.store.get_instance(claims.instance_id)
             if instance is None or instance.jkt != claims.jkt:
                 raise InvalidToken("the instance is not active", reason="instance_inactive")
-            now = self.clock.now()
-            checked = verify_call_proof(
+            self._check_proof(
                 proof,
-                public_key=load_public_jwk(dict(instance.public_jwk)),
+                instance=instance,
                 token=task_token,
-                tool=END_TASK_OP,
-                args_digest=digest({"task": claims.task_id}),
-                now=now,
+                op=END_TASK_OP,
+                body={"task": claims.task_id},
             )
-            if not self.store.remember_jti(checked.jti, checked.issued_at + 70.0, now):
-                raise InvalidProof("this proof was used before", reason="replayed")
             return self._end(
                 claims.task_id, TaskStatus.ENDED, "completed", actor=claims.instance_id
             )
