@@ -24,6 +24,12 @@ from remit.service import END_TASK_OP, OPEN_TASK_OP, RENEW_IDENTITY_OP, Attestat
 
 
 class RemitApi(Protocol):
+    """What an agent session needs from Remit: the in-process service or the HTTP client."""
+
+    def proof_binding(self, op: str) -> tuple[str, str] | None:
+        """The (method, URL) a proof for operation ``op`` must name, or None in-process."""
+        ...
+
     def attestation_challenge(self) -> str: ...
     def attest(
         self, *, join_token: str, public_jwk: Mapping[str, Any], nonce: str, signature: bytes
@@ -74,13 +80,18 @@ class AgentSession:
     def instance_id(self) -> str:
         return self.attestation.instance_id
 
-    def proof(self, token: str, op: str, body: Any) -> str:
+    def proof(self, token: str, op: str, body: Any, *, endpoint: str = "authorize") -> str:
+        """Sign a fresh, single-use proof for operation ``op`` (a tool name, or a Remit
+        operation) over ``body``, bound to the endpoint's method and URL over HTTP."""
+        binding = self._remit.proof_binding(endpoint)
         return make_call_proof(
             self._key,
             token=token,
             tool=op,
             args_digest=digest(body, ARGUMENT_LIMITS),
             now=self._clock.now(),
+            htm=binding[0] if binding else None,
+            htu=binding[1] if binding else None,
         )
 
     def identity_token(self) -> str:
@@ -90,7 +101,7 @@ class AgentSession:
         if self._clock.now() >= half_life:
             token = att.identity_token
             self.attestation = self._remit.renew_identity(
-                token, self.proof(token, RENEW_IDENTITY_OP, {})
+                token, self.proof(token, RENEW_IDENTITY_OP, {}, endpoint="renew_identity")
             )
         return self.attestation.identity_token
 
@@ -98,7 +109,10 @@ class AgentSession:
         token = self.identity_token()
         body = {"principal": principal, "intent": intent}
         grant = self._remit.open_task(
-            token, self.proof(token, OPEN_TASK_OP, body), principal=principal, intent=intent
+            token,
+            self.proof(token, OPEN_TASK_OP, body, endpoint="open_task"),
+            principal=principal,
+            intent=intent,
         )
         return TaskSession(self, grant)
 
@@ -126,5 +140,7 @@ class TaskSession:
         )
 
     def end(self) -> list[str]:
-        proof = self.agent.proof(self.token, END_TASK_OP, {"task": self.task_id})
+        proof = self.agent.proof(
+            self.token, END_TASK_OP, {"task": self.task_id}, endpoint="end_task"
+        )
         return self.agent._remit.end_task(self.token, proof)

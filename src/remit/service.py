@@ -470,7 +470,12 @@ class Remit:
         return self._guard("instance.attest", run, token_ref=token_hash[:16])
 
     def _verify_identity_call(
-        self, identity_token: str, proof: str, op: str, body: object
+        self,
+        identity_token: str,
+        proof: str,
+        op: str,
+        body: object,
+        binding: tuple[str, str] | None = None,
     ) -> tuple[IdentityClaims, Instance]:
         claims = self.tokens.verify_identity(identity_token)
         instance = self.store.get_instance(claims.instance_id)
@@ -479,11 +484,20 @@ class Remit:
         agent = self.store.get_agent(claims.agent_id)
         if agent is None or agent.status is not AgentStatus.ACTIVE:
             raise TokenRevoked("the agent is not active", reason="agent_inactive")
-        self._check_proof(proof, instance=instance, token=identity_token, op=op, body=body)
+        self._check_proof(
+            proof, instance=instance, token=identity_token, op=op, body=body, binding=binding
+        )
         return claims, instance
 
     def _check_proof(
-        self, proof: object, *, instance: Instance, token: str, op: str, body: object
+        self,
+        proof: object,
+        *,
+        instance: Instance,
+        token: str,
+        op: str,
+        body: object,
+        binding: tuple[str, str] | None = None,
     ) -> None:
         """A proof of possession for a non-call operation, single use like every proof."""
         if not isinstance(proof, str) or len(proof) > 4096:
@@ -498,16 +512,24 @@ class Remit:
             args_digest=digest(body),
             now=now,
             max_age=max_age,
+            htm=binding[0] if binding else None,
+            htu=binding[1] if binding else None,
         )
         if not self.store.remember_jti(checked.jti, checked.issued_at + max_age + 10.0, now):
             raise InvalidProof("this proof was used before", reason="replayed")
 
-    def renew_identity(self, identity_token: str, proof: str) -> Attestation:
+    def proof_binding(self, op: str) -> tuple[str, str] | None:
+        """In-process calls bind proofs to no HTTP method or URL."""
+        return None
+
+    def renew_identity(
+        self, identity_token: str, proof: str, *, binding: tuple[str, str] | None = None
+    ) -> Attestation:
         """A fresh identity token for the same instance (agents rotate before half-life)."""
 
         def run() -> Attestation:
             claims, instance = self._verify_identity_call(
-                identity_token, proof, RENEW_IDENTITY_OP, {}
+                identity_token, proof, RENEW_IDENTITY_OP, {}, binding
             )
             token, new = self.tokens.issue_identity(
                 agent_id=claims.agent_id,
@@ -526,12 +548,20 @@ class Remit:
 
     # ------------------------------------------------------------------ tasks
     def open_task(
-        self, identity_token: str, proof: str, *, principal: str, intent: Mapping[str, Any]
+        self,
+        identity_token: str,
+        proof: str,
+        *,
+        principal: str,
+        intent: Mapping[str, Any],
+        binding: tuple[str, str] | None = None,
     ) -> TaskGrant:
         def run() -> TaskGrant:
             body = {"principal": principal, "intent": intent}
             check_json(body, ADMIN_LIMITS, "task request")
-            claims, instance = self._verify_identity_call(identity_token, proof, OPEN_TASK_OP, body)
+            claims, instance = self._verify_identity_call(
+                identity_token, proof, OPEN_TASK_OP, body, binding
+            )
             principal_id = check_principal_id(principal)
             if self.store.get_principal(principal_id) is None:
                 raise NotFound("the principal is not registered", reason="unknown_principal")
@@ -590,7 +620,9 @@ class Remit:
             raise NotFound("no such task", reason="unknown_task")
         return task
 
-    def end_task(self, task_token: str, proof: str) -> list[str]:
+    def end_task(
+        self, task_token: str, proof: str, *, binding: tuple[str, str] | None = None
+    ) -> list[str]:
         """The instance ends its own task; everything derived from it is revoked."""
 
         def run() -> list[str]:
@@ -604,6 +636,7 @@ class Remit:
                 token=task_token,
                 op=END_TASK_OP,
                 body={"task": claims.task_id},
+                binding=binding,
             )
             return self._end(
                 claims.task_id, TaskStatus.ENDED, "completed", actor=claims.instance_id
@@ -645,8 +678,11 @@ class Remit:
         tool: str,
         arguments: Mapping[str, Any],
         approval: str | None = None,
+        binding: tuple[str, str] | None = None,
     ) -> Decision:
-        return self.pipeline.authorize(CallRequest(task_token, proof, tool, arguments, approval))
+        return self.pipeline.authorize(
+            CallRequest(task_token, proof, tool, arguments, approval, binding)
+        )
 
     # ------------------------------------------------------------------ keys and emergency stops
     def rotate_signing_keys(self) -> str:

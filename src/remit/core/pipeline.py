@@ -62,6 +62,7 @@ class CallRequest:
     tool: str
     arguments: Mapping[str, Any] = field(hash=False)
     approval: str | None = None  # an approval token bound to this exact call (issue 5)
+    binding: tuple[str, str] | None = None  # (method, URL) the proof must name, over HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,8 @@ class Pipeline:
             now=now,
             max_age=self.proof_max_age,
             leeway=self.proof_leeway,
+            htm=call.binding[0] if call.binding else None,
+            htu=call.binding[1] if call.binding else None,
         )
         # The jti is remembered in the same transaction that records the call (see _finish):
         # of two concurrent uses of one proof, exactly one commits.

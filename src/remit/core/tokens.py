@@ -72,6 +72,7 @@ _PROOF_JTI = re.compile(r"[\x21-\x7e]{16,128}")
 _MANDATE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SIGNATURE_CHARS: Final = 86
 _MAX_TOOL: Final = 256
+_MAX_HTTP_BINDING: Final = 2048
 _MAX_ARGS_DIGEST: Final = 256
 _DETAILS_LIMITS: Final = JsonLimits(max_depth=8, max_bytes=4 * 1024, max_string=1024, max_items=128)
 
@@ -609,10 +610,14 @@ def make_call_proof(
     args_digest: str,
     now: float,
     jti: str | None = None,
+    htm: str | None = None,
+    htu: str | None = None,
 ) -> str:
     """A proof that the holder of ``private_key`` makes this call with this task token.
 
-    What an agent instance (or the SDK for it) sends with every tool call.
+    What an agent instance (or the SDK for it) sends with every tool call. Over
+    HTTP the proof also names the request's method and URL (``htm``/``htu``, as
+    in DPoP), so it cannot be replayed against another endpoint.
     """
     if jti is None:
         jti = secrets.token_urlsafe(24)
@@ -631,6 +636,11 @@ def make_call_proof(
         "iat": math.floor(now),
         "jti": jti,
     }
+    for name, value in (("htm", htm), ("htu", htu)):
+        if value is not None:
+            if not isinstance(value, str) or not 0 < len(value) <= _MAX_HTTP_BINDING:
+                raise InvalidRequest(f"{name} must be a short string", reason="bad_binding")
+            payload[name] = value
     body = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     signing_input = f"{_PROOF_HEADER_SEGMENT}.{b64url_encode(body.encode('utf-8'))}"
     signature = sign_es256(private_key, signing_input.encode("ascii"))
@@ -647,6 +657,8 @@ def verify_call_proof(
     now: float,
     max_age: float = 60.0,
     leeway: float = 5.0,
+    htm: str | None = None,
+    htu: str | None = None,
 ) -> ProofClaims:
     """Check a call proof against the instance key bound to the token (``cnf.jkt``).
 
@@ -672,6 +684,10 @@ def verify_call_proof(
         _fail(InvalidProof, "tool_mismatch", "proof is for a different tool")
     if payload.get("args") != args_digest or not isinstance(payload.get("args"), str):
         _fail(InvalidProof, "args_mismatch", "proof is for different arguments")
+    # Bound to exactly this transport: an HTTP proof names this method and URL, and an
+    # in-process proof names none, so neither can be replayed through the other door.
+    if payload.get("htm") != htm or payload.get("htu") != htu:
+        _fail(InvalidProof, "binding_mismatch", "proof is for a different method or URL")
     iat = _number(payload, "iat", InvalidProof)
     if iat < now - max_age:
         _fail(InvalidProof, "stale", "proof is too old")
