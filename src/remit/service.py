@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
 from remit.config import Settings
-from remit.core.audit import ChainReport
+from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import Catalog, catalog_from_data
 from remit.core.destinations import normalize_destination, parse_pattern
 from remit.core.identity import (
@@ -49,12 +49,13 @@ from remit.errors import (
     InvalidToken,
     NotFound,
     RemitError,
+    TokenExpired,
     TokenRevoked,
 )
 from remit.ids import SpiffeId, check_name, check_principal_id, new_id
 from remit.keystore import FileKeyStore
 from remit.store.audit_log import AuditLog
-from remit.store.base import JoinTokenRecord, PolicyVersionRecord
+from remit.store.base import AdminTokenRecord, AuditQuery, JoinTokenRecord, PolicyVersionRecord
 from remit.store.sql import SqlStore
 
 P = ParamSpec("P")
@@ -74,6 +75,21 @@ class Attestation:
     identity_token: str
     expires_at: float
     issued_at: float
+
+
+ADMIN_SCOPES = ("admin", "approver", "auditor", "readonly")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    """An authenticated operator: who, and what their token may do."""
+
+    token_id: str
+    name: str
+    scopes: frozenset[str]
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,6 +700,80 @@ class Remit:
             CallRequest(task_token, proof, tool, arguments, approval, binding)
         )
 
+    # ------------------------------------------------------------------ operators
+    def create_admin_token(
+        self, name: str, *, scopes: Sequence[str], ttl_seconds: int | None = None
+    ) -> tuple[str, Secret]:
+        """A new operator API token. The secret is returned once; only its hash is kept."""
+
+        def run() -> tuple[str, Secret]:
+            if not isinstance(name, str) or not 0 < len(name) <= 128 or not name.isprintable():
+                raise InvalidRequest("name must be a short printable string", reason="bad_name")
+            wanted = tuple(dict.fromkeys(scopes))
+            if not wanted or any(s not in ADMIN_SCOPES for s in wanted):
+                raise InvalidRequest(
+                    f"scopes must be a non-empty subset of {', '.join(ADMIN_SCOPES)}",
+                    reason="bad_scope",
+                )
+            if ttl_seconds is not None and not 0 < ttl_seconds <= 366 * 86400:
+                raise InvalidRequest("ttl must be positive and at most a year", reason="bad_ttl")
+            now = self.clock.now()
+            token = "rat_" + secrets.token_urlsafe(32)
+            token_id = new_id("adm")
+            self.store.insert_admin_token(
+                AdminTokenRecord(
+                    token_id,
+                    join_token_hash(token),
+                    name,
+                    wanted,
+                    now,
+                    now + ttl_seconds if ttl_seconds else None,
+                    None,
+                )
+            )
+            self.audit.append(
+                "admin_token.created", {"token_id": token_id, "name": name, "scopes": list(wanted)}
+            )
+            return token_id, Secret(token)
+
+        return self._guard("admin_token.create", run)
+
+    def revoke_admin_token(self, token_id: str) -> None:
+        def run() -> None:
+            if not self.store.revoke_admin_token(token_id, self.clock.now()):
+                raise NotFound("no such active admin token", reason="unknown_admin_token")
+            self.audit.append("admin_token.revoked", {"token_id": token_id})
+
+        self._guard("admin_token.revoke", run)
+
+    def list_admin_tokens(self) -> list[AdminTokenRecord]:
+        return self.store.list_admin_tokens()
+
+    def authenticate_admin(self, token: object) -> AdminIdentity:
+        """Raise InvalidToken unless ``token`` is a live operator token."""
+        if not isinstance(token, str) or not token.startswith("rat_") or len(token) > 128:
+            raise InvalidToken("the admin token is not valid", reason="bad_admin_token")
+        record = self.store.get_admin_token_by_hash(join_token_hash(token))
+        now = self.clock.now()
+        if record is None:
+            raise InvalidToken("the admin token is not valid", reason="unknown_admin_token")
+        if record.revoked_at is not None:
+            raise TokenRevoked("the admin token was revoked", reason="admin_token_revoked")
+        if record.expires_at is not None and now >= record.expires_at:
+            raise TokenExpired("the admin token has expired", reason="admin_token_expired")
+        return AdminIdentity(record.token_id, record.name, frozenset(record.scopes))
+
+    # ------------------------------------------------------------------ policy versions
+    def list_policy_versions(self) -> list[PolicyVersionRecord]:
+        return self.store.list_policy_versions()
+
+    def activate_policy_version(self, version: str) -> str:
+        """Make a stored version active again (a rollback), validated like any load."""
+        record = self.store.get_policy_version(version)
+        if record is None:
+            raise NotFound("no such policy version", reason="unknown_policy_version")
+        return self.load_policies([PolicySource(n, t) for n, t in sorted(record.sources.items())])
+
     # ------------------------------------------------------------------ keys and emergency stops
     def rotate_signing_keys(self) -> str:
         """Start signing with a new key; older keys verify until their tokens have expired."""
@@ -704,6 +794,11 @@ class Remit:
         self.audit.append("kill_switch", {"engaged": engaged, "agent": agent_id or "*"})
 
     # ------------------------------------------------------------------ audit
+    def query_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        if not 0 < query.limit <= 10_000:
+            raise InvalidRequest("limit must be from 1 to 10000", reason="bad_limit")
+        return self.store.query_audit(query)
+
     def verify_audit(self) -> ChainReport:
         self.audit.flush()
         return self.audit.verify()

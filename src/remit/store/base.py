@@ -35,6 +35,32 @@ class PolicyVersionRecord:
     active: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AdminTokenRecord:
+    token_id: str
+    token_hash: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters over audit records; every given filter must match."""
+
+    kinds: tuple[str, ...] = ()
+    agent: str | None = None
+    task: str | None = None
+    principal: str | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+    after_seq: int = 0
+    limit: int = 100
+
+
 class Store(Protocol):
     # --- lifecycle
     def migrate(self) -> int: ...
@@ -78,9 +104,18 @@ class Store(Protocol):
     def append_audit(self, records: Sequence[AuditRecord]) -> None: ...
     def audit_head(self) -> AuditRecord | None: ...
     def iter_audit(self, after_seq: int = 0) -> Iterator[AuditRecord]: ...
+    def query_audit(self, query: AuditQuery) -> list[AuditRecord]: ...
     def insert_checkpoint(self, checkpoint: Checkpoint) -> None: ...
     def list_checkpoints(self) -> list[Checkpoint]: ...
+
+    # --- admin tokens
+    def insert_admin_token(self, record: AdminTokenRecord) -> None: ...
+    def get_admin_token_by_hash(self, token_hash: str) -> AdminTokenRecord | None: ...
+    def list_admin_tokens(self) -> list[AdminTokenRecord]: ...
+    def revoke_admin_token(self, token_id: str, now: float) -> bool: ...
 
     # --- policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None: ...
     def active_policy_version(self) -> PolicyVersionRecord | None: ...
+    def list_policy_versions(self) -> list[PolicyVersionRecord]: ...
+    def get_policy_version(self, version: str) -> PolicyVersionRecord | None: ...

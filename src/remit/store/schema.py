@@ -155,9 +155,26 @@ V1_TABLES = [
 ]
 
 
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False),
+    Column("scopes", Text, nullable=False),  # JSON list
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
 
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[admin_tokens])
+
+
 # Forward-only: append new steps, never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]

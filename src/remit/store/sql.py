@@ -35,7 +35,7 @@ from remit.core.mandate import Mandate
 from remit.core.tasks import Task, TaskStatus
 from remit.errors import Conflict, StoreUnavailable
 from remit.store import schema as t
-from remit.store.base import JoinTokenRecord, PolicyVersionRecord
+from remit.store.base import AdminTokenRecord, AuditQuery, JoinTokenRecord, PolicyVersionRecord
 
 MAX_TREE = 10_000
 
@@ -576,6 +576,88 @@ class SqlStore:
             ).all()
         return [Checkpoint(r.seq, r.head_hash, r.ts, r.kid, r.signature) for r in rows]
 
+    def query_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        c = t.audit_events.c
+        stmt = select(t.audit_events).where(c.seq > query.after_seq).order_by(c.seq)
+        if query.kinds:
+            stmt = stmt.where(c.kind.in_(query.kinds))
+        if query.since is not None:
+            stmt = stmt.where(c.ts >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(c.ts < query.until)
+        wanted = {
+            "agent": query.agent,
+            "task": query.task,
+            "principal": query.principal,
+            "outcome": query.outcome,
+        }
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        found: list[AuditRecord] = []
+        last = query.after_seq
+        # Attribution lives in the record's JSON; filter it here, a page at a time.
+        while len(found) < query.limit:
+            with self._tx() as conn:
+                rows = conn.execute(stmt.where(c.seq > last).limit(1000)).all()
+            for row in rows:
+                record = self._record_from(row)
+                if all(record.data.get(k) == v for k, v in wanted.items()):
+                    found.append(record)
+                    if len(found) >= query.limit:
+                        break
+            if len(rows) < 1000:
+                break
+            last = rows[-1].seq
+        return found
+
+    # ------------------------------------------------------------------ admin tokens
+    @staticmethod
+    def _admin_from(row: Any) -> AdminTokenRecord:
+        return AdminTokenRecord(
+            row.token_id,
+            row.token_hash,
+            row.name,
+            tuple(json.loads(row.scopes)),
+            row.created_at,
+            row.expires_at,
+            row.revoked_at,
+        )
+
+    def insert_admin_token(self, record: AdminTokenRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.admin_tokens).values(
+                    token_id=record.token_id,
+                    token_hash=record.token_hash,
+                    name=record.name,
+                    scopes=_dumps(list(record.scopes)),
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                    revoked_at=record.revoked_at,
+                )
+            )
+
+    def get_admin_token_by_hash(self, token_hash: str) -> AdminTokenRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.admin_tokens).where(t.admin_tokens.c.token_hash == token_hash)
+            ).first()
+        return self._admin_from(row) if row else None
+
+    def list_admin_tokens(self) -> list[AdminTokenRecord]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.admin_tokens).order_by(t.admin_tokens.c.created_at)).all()
+        return [self._admin_from(r) for r in rows]
+
+    def revoke_admin_token(self, token_id: str, now: float) -> bool:
+        c = t.admin_tokens.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.admin_tokens)
+                .where(c.token_id == token_id, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return done.rowcount == 1
+
     # ------------------------------------------------------------------ policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None:
         c = t.policy_versions.c
@@ -596,6 +678,26 @@ class SqlStore:
                         active=record.active,
                     )
                 )
+
+    @staticmethod
+    def _version_from(row: Any) -> PolicyVersionRecord:
+        return PolicyVersionRecord(
+            row.version, json.loads(row.sources), row.loaded_at, bool(row.active)
+        )
+
+    def list_policy_versions(self) -> list[PolicyVersionRecord]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(t.policy_versions).order_by(t.policy_versions.c.loaded_at)
+            ).all()
+        return [self._version_from(r) for r in rows]
+
+    def get_policy_version(self, version: str) -> PolicyVersionRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.policy_versions).where(t.policy_versions.c.version == version)
+            ).first()
+        return self._version_from(row) if row else None
 
     def active_policy_version(self) -> PolicyVersionRecord | None:
         c = t.policy_versions.c
