@@ -11,6 +11,7 @@
     ├── ApprovalRequired        approval_required
     ├── NotFound                not_found
     ├── Conflict                conflict
+    ├── Forbidden               forbidden             authenticated, but the scope is too narrow
     ├── PolicyInvalid           policy_invalid        a policy set refused whole at load
     ├── AuditUnavailable        audit_unavailable     the audit could not be written: fail closed
     └── StoreUnavailable        store_unavailable
@@ -86,6 +87,12 @@ class PolicyInvalid(RemitError):
     code = "policy_invalid"
 
 
+class Forbidden(RemitError):
+    """Authenticated, but the credential's scope does not cover this operation."""
+
+    code = "forbidden"
+
+
 class AuditUnavailable(RemitError):
     code = "audit_unavailable"
 
@@ -106,7 +113,15 @@ ALL_ERRORS: tuple[type[RemitError], ...] = (
     ApprovalRequired,
     NotFound,
     Conflict,
+    Forbidden,
     PolicyInvalid,
     AuditUnavailable,
     StoreUnavailable,
 )
+
+_BY_CODE = {cls.code: cls for cls in ALL_ERRORS}
+
+
+def error_for_code(code: str) -> type[RemitError]:
+    """The error class for a stable code (as sent over the wire); RemitError if unknown."""
+    return _BY_CODE.get(code, RemitError)
