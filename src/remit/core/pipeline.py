@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -163,19 +164,24 @@ class BasicMonitor:
         self.killed_all = False
         self.killed_agents: set[str] = set()
         self.max_calls_per_minute = max_calls_per_minute
-        self._recent: dict[str, list[float]] = {}
+        self._recent: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
         if self.killed_all or task.agent_id in self.killed_agents:
             return ("kill-switch",), 100
         with self._lock:
-            window = [t for t in self._recent.get(task.task_id, ()) if t > now - 60.0]
-            window.append(now)
-            self._recent[task.task_id] = window
             if len(self._recent) > 100_000:
                 self._recent.clear()
-        if len(window) > self.max_calls_per_minute:
+            window = self._recent.setdefault(task.task_id, deque())
+            while window and window[0] <= now - 60.0:
+                window.popleft()
+            window.append(now)
+            # Only the tail matters once the limit is passed: keep memory bounded.
+            while len(window) > self.max_calls_per_minute + 1:
+                window.popleft()
+            calls = len(window)
+        if calls > self.max_calls_per_minute:
             return ("rate-limit",), 80
         return (), 0
 
