@@ -36,6 +36,7 @@ from remit.errors import (
 )
 from remit.ids import new_id
 
+STOP_REASON = "kill-switch"
 ARGUMENT_LIMITS = JsonLimits(
     max_depth=12, max_bytes=256 * 1024, max_string=64 * 1024, max_items=2048
 )
@@ -169,7 +170,7 @@ class BasicMonitor:
 
     def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
         if self.killed_all or task.agent_id in self.killed_agents:
-            return ("kill-switch",), 100
+            return (STOP_REASON,), 100
         with self._lock:
             if len(self._recent) > 100_000:
                 self._recent.clear()
@@ -310,8 +311,10 @@ class Pipeline:
         ctx["destinations"] = [str(d) for d in destinations]
         mode = Mode.SHADOW if agent.mode is Mode.SHADOW or spec.shadow else Mode.ENFORCE
 
-        # 4. Monitor.
+        # 4. Monitor. An emergency stop is never relaxed, not even in shadow mode.
         monitor_reasons, anomaly = self.monitor.check(task, spec, now)
+        if STOP_REASON in monitor_reasons:
+            mode = Mode.ENFORCE
 
         # 5. Policy: always evaluated, so an explanation names every rule that fired.
         result = self.policy.evaluate(
