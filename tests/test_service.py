@@ -571,9 +571,15 @@ def test_policies_from_a_directory_survive_a_restart(tmp_path: Path, clock: Manu
     second.close()
 
 
-def test_kill_switch_is_not_relaxed_by_shadow_mode(remit: Remit, agent_session: AgentSession) -> None:
+def test_kill_switch_is_not_relaxed_by_shadow_mode(
+    remit: Remit, agent_session: AgentSession
+) -> None:
     remit.set_agent_mode(agent_session.agent_id, "shadow")
     task = open_task(agent_session)
     remit.set_kill_switch(True, agent_id=agent_session.agent_id)
     decision = task.authorize("docs/read", {})
-    assert not decision.allowed and decision.mode.value == "enforce" and "kill-switch" in decision.reasons
+    assert (
+        not decision.allowed
+        and decision.mode.value == "enforce"
+        and "kill-switch" in decision.reasons
+    )

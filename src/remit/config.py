@@ -28,6 +28,10 @@ class Settings:
     audit_checkpoint_every: int = 1000
     max_calls_per_minute: int = 600
     key_overlap_seconds: int = 7200
+    # The URL clients use to reach the HTTP API (e.g. ``https://remit.example.com``), used to
+    # check the URL a proof names. Empty: taken from the request (scheme, Host header). Set it
+    # behind a proxy, and in production so the check does not rest on the Host header.
+    public_url: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -1,28 +1,138 @@
 """Remit's own private keys on disk: token signing keys (rotating) and the audit key.
 
-Files are created 0600 in a 0700 directory. A signing key's file name holds
-its creation time, so the key set can be rebuilt without a database.
+Files are created 0600 in a 0700 directory. The key set is rebuilt from the
+file names alone, without a database:
+
+- ``signing-<created>.pem``: the active key (the newest), created at
+  ``<created>`` (whole seconds since the epoch).
+- ``signing-<created>-<retire>.pem``: a superseded key. It still verifies the
+  tokens it signed, and stays in the JWKS, until ``<retire>`` (the time it was
+  superseded plus the overlap); after that it is dropped from the key set on
+  the next read and its file is deleted.
+
+Rotation with overlap: ``rotate(overlap)`` writes a new key (which signs every
+token from then on) and renames the old active key's file to record when it
+retires. Retirement is by time, not by the next rotation: ``keyset()`` prunes
+on read against the injected clock, so the ``TokenService`` (which reads the
+key set through ``keyset`` on every issue and verify) stops accepting tokens
+signed by a retired key at once, even from its verified-token cache.
+
+The overlap must be at least the longest lifetime of a token Remit signs (the
+identity token TTL, the task token maximum TTL) plus the verification leeway,
+or tokens would be refused before they expire: see ``check_key_overlap``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from remit.clock import Clock
+from remit.config import Settings
 from remit.core.keys import KeySet, SigningKey, sign_es256, verify_es256
 from remit.core.secrets import Secret
-from remit.errors import StoreUnavailable
+from remit.errors import InvalidRequest, StoreUnavailable
+
+DEFAULT_KEY_OVERLAP: Final = float(Settings().key_overlap_seconds)
+VERIFY_LEEWAY: Final = 5.0  # the TokenService's clock-skew leeway on ``exp``
+_SIGNING_FILE = re.compile(r"signing-([0-9]{1,12})(?:-([0-9]{1,12}))?\.pem")
+
+
+def _check_seconds(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidRequest(
+            "key overlap must be a non-negative number of seconds", reason="bad_key_overlap"
+        )
+    return float(value)
+
+
+def check_key_overlap(
+    overlap_seconds: float,
+    *,
+    identity_ttl_seconds: float,
+    task_token_max_ttl_seconds: float,
+    leeway: float = VERIFY_LEEWAY,
+) -> float:
+    """The overlap, or raise ``InvalidRequest`` if it cannot cover the longest token.
+
+    A key superseded at time T signed tokens up to T; the last of them is valid
+    until T + its lifetime (+ the leeway), so the key must stay that long.
+    """
+    _check_seconds(overlap_seconds)
+    longest = max(identity_ttl_seconds, task_token_max_ttl_seconds) + leeway
+    if overlap_seconds < longest:
+        raise InvalidRequest(
+            f"key overlap ({overlap_seconds:g}s) must be at least the longest token lifetime "
+            f"plus leeway ({longest:g}s)",
+            reason="bad_key_overlap",
+        )
+    return float(overlap_seconds)
+
+
+def check_settings_overlap(settings: Settings) -> float:
+    """``check_key_overlap`` for ``Settings.key_overlap_seconds`` and the token TTLs there."""
+    return check_key_overlap(
+        settings.key_overlap_seconds,
+        identity_ttl_seconds=settings.identity_ttl_seconds,
+        task_token_max_ttl_seconds=settings.task_token_max_ttl_seconds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyFile:
+    key: SigningKey
+    path: Path
+    retire_at: float | None  # None for the active key
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    files: tuple[_KeyFile, ...]  # oldest first; the last one is active
+    keyset: KeySet
+    next_retire: float  # the earliest retire_at, or +inf
+
+
+def _loaded(files: list[_KeyFile]) -> _Loaded:
+    retire = [f.retire_at for f in files if f.retire_at is not None]
+    return _Loaded(tuple(files), KeySet([f.key for f in files]), min(retire, default=math.inf))
 
 
 class FileKeyStore:
-    def __init__(self, key_dir: Path, clock: Clock) -> None:
+    """Signing keys and the audit key, in files under ``key_dir``.
+
+    ``default_overlap_seconds`` only matters for a superseded key whose file
+    does not record when it retires (a crash between writing a new key and
+    renaming the old one): it then retires that long after the next key was
+    created.
+    """
+
+    def __init__(
+        self,
+        key_dir: Path,
+        clock: Clock,
+        *,
+        default_overlap_seconds: float = DEFAULT_KEY_OVERLAP,
+    ) -> None:
+        _check_seconds(default_overlap_seconds)
         self.key_dir = key_dir
         self.clock = clock
+        self.default_overlap_seconds = float(default_overlap_seconds)
         self._lock = threading.Lock()
-        self._keyset: KeySet | None = None
+        self._state: _Loaded | None = None
         self._audit_key: SigningKey | None = None
+
+    # ------------------------------------------------------------------ files
 
     def _ensure_dir(self) -> None:
         self.key_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +143,8 @@ class FileKeyStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(pem.reveal())
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def _read(self, path: Path, created_at: float) -> SigningKey:
         try:
@@ -40,39 +152,119 @@ class FileKeyStore:
         except OSError as exc:
             raise StoreUnavailable("a key file could not be read", reason="key_unreadable") from exc
 
-    def keyset(self) -> KeySet:
-        with self._lock:
-            if self._keyset is None:
-                self._keyset = self._load_or_create()
-            return self._keyset
+    def _signing_path(self, created: int, retire_at: float | None = None) -> Path:
+        if retire_at is None:
+            return self.key_dir / f"signing-{created}.pem"
+        return self.key_dir / f"signing-{created}-{math.ceil(retire_at)}.pem"
 
-    def _load_or_create(self) -> KeySet:
+    def _mark_retiring(self, entry: _KeyFile, retire_at: float) -> _KeyFile:
+        """Record the retire time in the file name (best effort: memory is authoritative)."""
+        target = self._signing_path(int(entry.key.created_at), retire_at)
+        try:
+            os.replace(entry.path, target)
+        except OSError:
+            target = entry.path
+        return _KeyFile(entry.key, target, float(math.ceil(retire_at)))
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        # Best effort: a file left behind is pruned again at the next load, by its name.
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ signing keys
+
+    def keyset(self) -> KeySet:
+        """The live signing keys: the active one and those still inside their overlap."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                state = self._state = self._load_or_create()
+            now = self.clock.now()
+            if now >= state.next_retire:
+                state = self._state = self._prune(state, now)
+            return state.keyset
+
+    def retire_times(self) -> dict[str, float]:
+        """When each superseded key leaves the key set, by kid (for operators and tests)."""
+        self.keyset()
+        with self._lock:
+            assert self._state is not None
+            return {f.key.kid: f.retire_at for f in self._state.files if f.retire_at is not None}
+
+    def _prune(self, state: _Loaded, now: float) -> _Loaded:
+        kept: list[_KeyFile] = []
+        for entry in state.files:
+            if entry.retire_at is not None and now >= entry.retire_at:
+                self._delete(entry.path)
+            else:
+                kept.append(entry)
+        return _loaded(kept)
+
+    def _scan(self) -> list[tuple[int, int | None, Path]]:
+        found: list[tuple[int, int | None, Path]] = []
+        for path in self.key_dir.glob("signing-*.pem"):
+            match = _SIGNING_FILE.fullmatch(path.name)
+            if match is None:
+                raise StoreUnavailable(
+                    "a signing key file name is not understood", reason="key_unreadable"
+                )
+            retire = int(match.group(2)) if match.group(2) is not None else None
+            found.append((int(match.group(1)), retire, path))
+        found.sort(key=lambda item: (item[0], item[2].name))
+        return found
+
+    def _load_or_create(self) -> _Loaded:
         self._ensure_dir()
-        keys = []
-        for path in sorted(self.key_dir.glob("signing-*.pem")):
-            created = float(path.stem.split("-", 1)[1])
-            keys.append(self._read(path, created))
-        if not keys:
-            key = SigningKey.generate(self.clock.now())
-            self._write(self.key_dir / f"signing-{int(key.created_at)}.pem", key.to_pem())
-            keys.append(key)
-        return KeySet(keys)
+        now = self.clock.now()
+        found = self._scan()
+        if not found:
+            created = math.floor(now)
+            key = SigningKey.generate(float(created))
+            path = self._signing_path(created)
+            self._write(path, key.to_pem())
+            return _loaded([_KeyFile(key, path, None)])
+        files: list[_KeyFile] = []
+        for index, (created, retire, path) in enumerate(found):
+            is_active = index == len(found) - 1
+            if not is_active and retire is None:
+                # Superseded, but the rename that records it never happened.
+                superseded_at = float(found[index + 1][0])
+                entry = _KeyFile(self._read(path, float(created)), path, None)
+                files.append(
+                    self._mark_retiring(entry, superseded_at + self.default_overlap_seconds)
+                )
+                continue
+            if not is_active and retire is not None and now >= retire:
+                self._delete(path)  # retired while Remit was down: never loaded again
+                continue
+            # The newest key is active even if its name says otherwise (its successor is gone).
+            retire_at = None if is_active or retire is None else float(retire)
+            files.append(_KeyFile(self._read(path, float(created)), path, retire_at))
+        return self._prune(_loaded(files), now)
 
     def rotate(self, overlap_seconds: float) -> KeySet:
-        """Add a new active key; keep older keys only while tokens they signed may live."""
+        """Make a new key active; the old one verifies for ``overlap_seconds`` more.
+
+        The old key (and any still overlapping older one) stays in the key set
+        and the JWKS until its retire time, then leaves it by itself. The caller
+        checks ``overlap_seconds`` against token lifetimes (``check_key_overlap``).
+        """
+        _check_seconds(overlap_seconds)
         with self._lock:
-            current = self._keyset or self._load_or_create()
             now = self.clock.now()
-            created = max(now, max(k.created_at for k in current) + 1)
-            new_key = SigningKey.generate(created)
-            self._write(self.key_dir / f"signing-{int(created)}.pem", new_key.to_pem())
-            rotated = current.rotated(new_key, retain_after=overlap_seconds, now=now)
-            kept = {key.kid for key in rotated}
-            for key in current:
-                if key.kid not in kept:
-                    (self.key_dir / f"signing-{int(key.created_at)}.pem").unlink(missing_ok=True)
-            self._keyset = rotated
-            return rotated
+            state = self._prune(self._state or self._load_or_create(), now)
+            *older, active = state.files
+            created = max(math.floor(now), int(active.key.created_at) + 1)
+            new_key = SigningKey.generate(float(created))
+            new_path = self._signing_path(created)
+            self._write(new_path, new_key.to_pem())
+            # Superseded now; its last tokens live at most the overlap longer.
+            superseded = self._mark_retiring(active, max(now, float(created)) + overlap_seconds)
+            self._state = _loaded([*older, superseded, _KeyFile(new_key, new_path, None)])
+            return self._state.keyset
+
+    # ------------------------------------------------------------------ audit key
 
     def audit_key(self) -> SigningKey:
         with self._lock:

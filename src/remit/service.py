@@ -78,6 +78,13 @@ class Attestation:
 
 
 ADMIN_SCOPES = ("admin", "approver", "auditor", "readonly")
+# What each operator scope covers: admin everything; auditor and approver also readonly.
+SCOPE_COVERS: dict[str, frozenset[str]] = {
+    "admin": frozenset(ADMIN_SCOPES),
+    "approver": frozenset({"approver", "readonly"}),
+    "auditor": frozenset({"auditor", "readonly"}),
+    "readonly": frozenset({"readonly"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,8 @@ class AdminIdentity:
     scopes: frozenset[str]
 
     def has(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        """Whether one of this token's scopes covers ``scope`` (see SCOPE_COVERS)."""
+        return any(scope in SCOPE_COVERS.get(s, ()) for s in self.scopes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -798,6 +806,19 @@ class Remit:
         if not 0 < query.limit <= 10_000:
             raise InvalidRequest("limit must be from 1 to 10000", reason="bad_limit")
         return self.store.query_audit(query)
+
+    def check_ready(self) -> None:
+        """Raise StoreUnavailable or AuditUnavailable unless the store answers and the audit
+        log can be written.
+
+        After a failed audit write, readiness probes with a real record (``audit.resumed``):
+        a replica taken out of rotation gets no traffic that could show it has recovered.
+        """
+        self.store.audit_head()
+        self.audit.flush()
+        if self.audit.write_failed:
+            self.audit.append("audit.resumed", {})
+            self.audit.flush()
 
     def verify_audit(self) -> ChainReport:
         self.audit.flush()

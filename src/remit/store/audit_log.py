@@ -96,6 +96,7 @@ class AuditLog:
         self._writer = threading.Thread(target=self._run, name="remit-audit-writer", daemon=True)
         self._started = False
         self._closed = False
+        self._write_failed = False  # the last group commit failed, and none has succeeded since
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -143,6 +144,16 @@ class AuditLog:
             ) from pending.error
         return record
 
+    @property
+    def pending(self) -> int:
+        """How many appended records wait for their group commit."""
+        return len(self._pending)
+
+    @property
+    def write_failed(self) -> bool:
+        """Whether the last group commit failed (and none has succeeded since)."""
+        return self._write_failed
+
     def flush(self) -> None:
         """Commit everything appended so far; raise AuditUnavailable if that fails."""
         with self._commit_lock:
@@ -171,7 +182,9 @@ class AuditLog:
                     self._broken = True
                 for p in batch:
                     p.error, p.done = exc, True
+                self._write_failed = True
                 return exc
+            self._write_failed = False
             self._committed_seq, self._committed_hash = batch[-1].record.seq, batch[-1].record.hash
             for p in batch:
                 p.done = True

@@ -1,0 +1,544 @@
+"""Wire models: the JSON shapes of HTTP API v1 (docs/http-api.md), and nothing else.
+
+Requests are strict (no coercion) and closed (``extra="forbid"``), with size
+limits on every field; grammar and meaning stay in the service, which checks
+them again. Responses are built from the core's frozen dataclasses by the
+``*_out`` functions at the bottom.
+"""
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from remit.core.audit import AuditRecord, ChainReport
+from remit.core.catalog import ToolSpec
+from remit.core.identity import Agent, Principal
+from remit.core.pipeline import Decision
+from remit.core.policy import PolicyResult, explain
+from remit.core.tasks import Task
+from remit.service import Attestation, TaskGrant
+from remit.store.base import AdminTokenRecord, PolicyVersionRecord
+
+# Grammars that are also published in the OpenAPI document (they mirror remit.ids and
+# remit.core.catalog, which remain the checks that count).
+AGENT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
+PRINCIPAL_PATTERN = r"^[a-z]{2,16}:[A-Za-z0-9._@+-]{1,200}$"
+TOOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}/[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: ``5.0`` is the integer 5 (strings stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+Short = Annotated[str, StringConstraints(max_length=256)]
+Text = Annotated[str, StringConstraints(max_length=4096)]
+AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN, max_length=64)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Json = dict[str, Any]
+ModeName = Literal["enforce", "shadow"]
+DestinationKindName = Literal["email", "url", "domain", "account", "user", "channel", "phone"]
+Scope = Literal["admin", "approver", "auditor", "readonly"]
+
+
+class Request(BaseModel):
+    """A request body: closed, strict, limited."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Problem(Response):
+    """RFC 9457 problem details, with Remit's stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str
+    reason: str | None = Field(
+        default=None, description="a short machine-readable detail, e.g. binding_mismatch"
+    )
+    problems: list[str] | None = Field(
+        default=None, description="every problem found, for a refused policy set"
+    )
+
+
+# --------------------------------------------------------------------------- public
+
+
+class HealthOut(Response):
+    status: str
+
+
+class JwksOut(Response):
+    keys: list[dict[str, str]]
+
+
+class ChallengeOut(Response):
+    nonce: str
+
+
+class AttestRequest(Request):
+    join_token: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    public_jwk: Annotated[dict[Short, Short], Field(max_length=16)]
+    nonce: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    signature: Annotated[
+        str,
+        StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=256),
+        Field(description="base64url (no padding) raw r||s ES256 signature"),
+    ]
+
+
+class AttestationOut(Response):
+    instance_id: str
+    agent_id: str
+    identity_token: str
+    issued_at: float
+    expires_at: float
+
+
+# --------------------------------------------------------------------------- agents' calls
+
+
+class EmptyRequest(Request):
+    """``{}``: the operation is named by the route, the subject by the bearer token."""
+
+
+class OpenTaskRequest(Request):
+    principal: Annotated[str, StringConstraints(pattern=PRINCIPAL_PATTERN, max_length=256)]
+    intent: Json
+
+
+class TaskGrantOut(Response):
+    task_id: str
+    task_token: str
+    expires_at: float
+    mandate: Json
+    notes: list[str]
+
+
+class ClosedOut(Response):
+    closed: list[str]
+
+
+class AuthorizeRequest(Request):
+    tool: Annotated[str, StringConstraints(pattern=TOOL_PATTERN, max_length=127)]
+    arguments: Json
+    approval: Text | None = None
+
+
+class ObligationOut(Response):
+    kind: str
+    ref: str
+
+
+class DecisionOut(Response):
+    decision_id: str
+    outcome: Literal["allow", "deny", "approval_required"]
+    allowed: bool
+    would_deny: bool
+    mode: ModeName
+    reasons: list[str]
+    policy_version: str
+    task_id: str
+    agent_id: str
+    instance_id: str
+    tool: str
+    args_digest: str
+    obligations: list[ObligationOut]
+    shadow_reasons: list[str]
+    audit_seq: int
+    explanation: str
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class RegisterAgentRequest(Request):
+    name: AgentName
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+    ceiling: Json
+    mode: ModeName = "enforce"
+
+
+class AgentOut(Response):
+    agent_id: str
+    name: str
+    owner: str
+    description: str
+    ceiling: Json
+    status: Literal["active", "suspended", "retired"]
+    mode: ModeName
+    created_at: float
+    updated_at: float
+
+
+class AgentsOut(Response):
+    agents: list[AgentOut]
+
+
+class ReasonRequest(Request):
+    reason: Reason = "operator"
+
+
+class ModeRequest(Request):
+    mode: ModeName
+
+
+class JoinTokenRequest(Request):
+    ttl_seconds: Annotated[Int, Field(gt=0, le=86400)] | None = None
+
+
+class JoinTokenOut(Response):
+    join_token: str
+    expires_at: float
+
+
+class PrincipalRequest(Request):
+    principal_id: Annotated[str, StringConstraints(pattern=PRINCIPAL_PATTERN, max_length=256)]
+    display_name: Annotated[str, StringConstraints(max_length=200)] = ""
+    identifiers: Annotated[list[Short], Field(max_length=64)] = []
+
+
+class PrincipalOut(Response):
+    principal_id: str
+    display_name: str
+    identifiers: list[str]
+
+
+class TaskOut(Response):
+    task_id: str
+    agent_id: str
+    instance_id: str
+    principal_id: str
+    parent_id: str | None
+    status: Literal["open", "ended", "expired", "revoked"]
+    opened_at: float
+    expires_at: float
+    ended_at: float | None
+    end_reason: str | None
+    calls_used: int
+    taint: list[str]
+    mandate: Json
+    mandate_digest: str
+
+
+class ToolManifest(Request):
+    """One tool of a catalog manifest: the JSON form of the YAML catalog entry."""
+
+    name: Annotated[str, StringConstraints(pattern=TOOL_PATTERN, max_length=127)]
+    privilege: Literal["read", "write", "act"]
+    destinations: Annotated[dict[Short, DestinationKindName], Field(max_length=64)] = {}
+    labels: Annotated[list[Short], Field(max_length=16)] = []
+    risk: Annotated[list[Short], Field(max_length=32)] = []
+    description: Annotated[str, StringConstraints(max_length=1000)] = ""
+    mode: ModeName = "enforce"
+
+
+class CatalogManifest(Request):
+    tools: Annotated[list[ToolManifest], Field(min_length=1, max_length=10_000)]
+    version: Int | Short | None = None
+
+
+class ToolOut(Response):
+    name: str
+    privilege: Literal["read", "write", "act"]
+    destinations: dict[str, str]
+    labels: list[str]
+    risk: list[str]
+    mode: ModeName
+    description: str
+
+
+class CatalogOut(Response):
+    tools: list[ToolOut]
+
+
+class ValidationOut(Response):
+    valid: bool
+    problems: list[str]
+
+
+class PolicyFilesRequest(Request):
+    files: Annotated[
+        dict[Annotated[str, StringConstraints(min_length=1, max_length=256)], str],
+        Field(min_length=1, max_length=1000),
+    ]
+
+
+class PolicyVersionOut(Response):
+    version: str
+    files: list[str]
+    loaded_at: float
+    active: bool
+
+
+class PoliciesOut(Response):
+    active: str
+    versions: list[PolicyVersionOut]
+
+
+class VersionOut(Response):
+    version: str
+
+
+class ExplainRequest(Request):
+    """A policy case (see ``remit.core.policy_cases``) without an expectation."""
+
+    tool: Annotated[str, StringConstraints(min_length=1, max_length=127)]
+    action: Literal["read", "write", "act"] | None = None
+    agent: Short | None = None
+    context: Json = {}
+
+
+class ExplainOut(Response):
+    allowed: bool
+    reasons: list[str]
+    errors: list[str]
+    shadow_reasons: list[str]
+    version: str
+    explanation: str
+
+
+class RecordOut(Response):
+    seq: int
+    event_id: str
+    ts: float
+    kind: str
+    data: Json
+    prev_hash: str
+    hash: str
+
+
+class AuditPageOut(Response):
+    records: list[RecordOut]
+    next_after_seq: int | None
+
+
+class VerifyOut(Response):
+    ok: bool
+    records: int
+    head_seq: int
+    head_hash: str
+    checkpoints: int
+    problems: list[str]
+
+
+class KeysOut(Response):
+    active_kid: str
+    kids: list[str]
+
+
+class KillSwitchRequest(Request):
+    engaged: bool
+    agent: AgentName | None = None
+
+
+class KillSwitchOut(Response):
+    engaged: bool
+    agent: str | None
+
+
+class AdminTokenOut(Response):
+    token_id: str
+    name: str
+    scopes: list[str]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class AdminTokensOut(Response):
+    tokens: list[AdminTokenOut]
+
+
+class CreateAdminTokenRequest(Request):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=4)]
+    ttl_seconds: Annotated[Int, Field(gt=0, le=366 * 86400)] | None = None
+
+
+class AdminTokenCreatedOut(Response):
+    token_id: str
+    token: str
+
+
+# --------------------------------------------------------------------------- core -> wire
+
+
+def attestation_out(att: Attestation) -> AttestationOut:
+    return AttestationOut(
+        instance_id=att.instance_id,
+        agent_id=att.agent_id,
+        identity_token=att.identity_token,
+        issued_at=att.issued_at,
+        expires_at=att.expires_at,
+    )
+
+
+def grant_out(grant: TaskGrant) -> TaskGrantOut:
+    return TaskGrantOut(
+        task_id=grant.task_id,
+        task_token=grant.task_token,
+        expires_at=grant.expires_at,
+        mandate=grant.mandate.to_data(),
+        notes=list(grant.notes),
+    )
+
+
+def decision_out(decision: Decision) -> DecisionOut:
+    return DecisionOut(
+        decision_id=decision.decision_id,
+        outcome=decision.outcome.value,
+        allowed=decision.allowed,
+        would_deny=decision.would_deny,
+        mode=decision.mode.value,
+        reasons=list(decision.reasons),
+        policy_version=decision.policy_version,
+        task_id=decision.task_id,
+        agent_id=decision.agent_id,
+        instance_id=decision.instance_id,
+        tool=decision.tool,
+        args_digest=decision.args_digest,
+        obligations=[ObligationOut(kind=o.kind, ref=o.ref) for o in decision.obligations],
+        shadow_reasons=list(decision.shadow_reasons),
+        audit_seq=decision.audit_seq,
+        explanation=decision.explain(),
+    )
+
+
+def agent_out(agent: Agent) -> AgentOut:
+    return AgentOut(
+        agent_id=agent.agent_id,
+        name=agent.name,
+        owner=agent.owner,
+        description=agent.description,
+        ceiling=agent.ceiling.to_data(),
+        status=agent.status.value,
+        mode=agent.mode.value,
+        created_at=agent.created_at,
+        updated_at=agent.updated_at,
+    )
+
+
+def principal_out(principal: Principal) -> PrincipalOut:
+    return PrincipalOut(
+        principal_id=principal.principal_id,
+        display_name=principal.display_name,
+        identifiers=[str(d) for d in principal.identifiers],
+    )
+
+
+def task_out(task: Task, now: float) -> TaskOut:
+    return TaskOut(
+        task_id=task.task_id,
+        agent_id=task.agent_id,
+        instance_id=task.instance_id,
+        principal_id=task.principal_id,
+        parent_id=task.parent_id,
+        status=task.effective_status(now).value,
+        opened_at=task.opened_at,
+        expires_at=task.expires_at,
+        ended_at=task.ended_at,
+        end_reason=task.end_reason,
+        calls_used=task.calls_used,
+        taint=task.taint.as_list(),
+        mandate=task.mandate.to_data(),
+        mandate_digest=task.mandate_digest,
+    )
+
+
+def tool_out(spec: ToolSpec) -> ToolOut:
+    return ToolOut(
+        name=spec.name,
+        privilege=spec.privilege.value,
+        destinations={arg.path: arg.kind.value for arg in spec.destination_args},
+        labels=spec.output_labels.as_list(),
+        risk=sorted(spec.risk),
+        mode="shadow" if spec.shadow else "enforce",
+        description=spec.description,
+    )
+
+
+def catalog_out(tools: Mapping[str, ToolSpec]) -> CatalogOut:
+    return CatalogOut(tools=[tool_out(tools[name]) for name in sorted(tools)])
+
+
+def policy_version_out(record: PolicyVersionRecord) -> PolicyVersionOut:
+    return PolicyVersionOut(
+        version=record.version,
+        files=sorted(record.sources),
+        loaded_at=record.loaded_at,
+        active=record.active,
+    )
+
+
+def explain_out(result: PolicyResult) -> ExplainOut:
+    return ExplainOut(
+        allowed=result.allowed,
+        reasons=list(result.reasons),
+        errors=list(result.errors),
+        shadow_reasons=list(result.shadow_reasons),
+        version=result.version,
+        explanation=explain(result),
+    )
+
+
+def record_out(record: AuditRecord) -> RecordOut:
+    return RecordOut(
+        seq=record.seq,
+        event_id=record.event_id,
+        ts=record.ts,
+        kind=record.kind,
+        data=dict(record.data),
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+    )
+
+
+def record_data(record: AuditRecord) -> dict[str, Any]:
+    """A record as plain JSON data (for the NDJSON export, which skips model validation)."""
+    return {
+        "seq": record.seq,
+        "event_id": record.event_id,
+        "ts": record.ts,
+        "kind": record.kind,
+        "data": dict(record.data),
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def verify_out(report: ChainReport) -> VerifyOut:
+    return VerifyOut(
+        ok=report.ok,
+        records=report.records,
+        head_seq=report.head_seq,
+        head_hash=report.head_hash,
+        checkpoints=report.checkpoints,
+        problems=list(report.problems),
+    )
+
+
+def admin_token_out(record: AdminTokenRecord) -> AdminTokenOut:
+    return AdminTokenOut(
+        token_id=record.token_id,
+        name=record.name,
+        scopes=list(record.scopes),
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        revoked_at=record.revoked_at,
+    )
