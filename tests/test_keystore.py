@@ -252,3 +252,15 @@ def test_a_corrupt_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest) as bad:
         FileKeyStore(key_dir, ManualClock()).keyset()
     assert "AAAA" not in bad.value.message
+
+
+def test_build_remit_refuses_an_overlap_shorter_than_a_token(tmp_path: Path) -> None:
+    from remit.errors import InvalidRequest
+    from remit.runtime import build_remit, catalog_from_yaml
+
+    from .conftest import CATALOG, make_settings
+
+    with pytest.raises(InvalidRequest):
+        build_remit(
+            make_settings(tmp_path, key_overlap_seconds=60), catalog=catalog_from_yaml(CATALOG)
+        )

@@ -27,6 +27,8 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"  # FULL: survive power loss too, at one fsync per group
     audit_checkpoint_every: int = 1000
     max_calls_per_minute: int = 600
+    # How long a superseded signing key still verifies (and is in the JWKS). It must be at
+    # least the longest token lifetime plus leeway; build_remit refuses a shorter one.
     key_overlap_seconds: int = 7200
     # The URL clients use to reach the HTTP API (e.g. ``https://remit.example.com``), used to
     # check the URL a proof names. Empty: taken from the request (scheme, Host header). Set it

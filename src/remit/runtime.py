@@ -11,7 +11,7 @@ from remit.config import Settings
 from remit.core.catalog import Catalog, catalog_from_data
 from remit.core.policy import PolicyEngine, PolicySource
 from remit.errors import InvalidRequest
-from remit.keystore import AuditSigner, FileKeyStore
+from remit.keystore import AuditSigner, FileKeyStore, check_settings_overlap
 from remit.service import Remit
 from remit.store.audit_log import AuditLog
 from remit.store.sql import SqlStore
@@ -56,7 +56,9 @@ def build_remit(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.effective_database_url, synchronous=settings.sqlite_synchronous)
     store.migrate()
-    keys = FileKeyStore(settings.key_dir, clock)
+    # Old signing keys must outlive every token they signed; refuse settings that break that.
+    overlap = check_settings_overlap(settings)
+    keys = FileKeyStore(settings.key_dir, clock, default_overlap_seconds=overlap)
     keys.keyset()
     signer = AuditSigner(keys.audit_key())
     audit = AuditLog(

@@ -89,3 +89,20 @@ def test_restart_continues_the_chain(tmp_path: Path) -> None:
     report = second.verify_audit()
     second.close()
     assert report.ok and report.records == 10
+
+
+def test_a_second_writer_on_the_same_database_is_rechained(remit: Remit, tmp_path: Path) -> None:
+    """A second process (e.g. a local CLI command) appends to the same chain while the
+    server runs: the server's next group is re-linked onto the stored head, not lost."""
+    from remit.clock import ManualClock
+    from remit.runtime import build_remit, catalog_from_yaml
+
+    from ..conftest import CATALOG
+
+    fill(remit, 3)
+    other = build_remit(remit.settings, clock=ManualClock(), catalog=catalog_from_yaml(CATALOG))
+    fill(other, 2)
+    other.close()
+    record = remit.audit.append("test.after", {"x": 1})  # our head is stale: re-chained
+    assert record.seq == remit.store.audit_head().seq  # type: ignore[union-attr]
+    assert remit.verify_audit().ok

@@ -35,11 +35,12 @@ from remit.core.audit import (
     checkpoint_payload,
     verify_chain,
 )
-from remit.errors import AuditUnavailable, RemitError
+from remit.errors import AuditUnavailable, RemitError, StoreUnavailable
 from remit.ids import new_id
 from remit.store.sql import SqlStore
 
 MAX_BATCH = 1000
+MAX_RECHAINS = 3
 
 
 class Signer(Protocol):
@@ -142,7 +143,7 @@ class AuditLog:
             raise AuditUnavailable(
                 "the audit record could not be written", reason="audit_write_failed"
             ) from pending.error
-        return record
+        return pending.record  # re-chained if another writer got in first
 
     @property
     def pending(self) -> int:
@@ -166,6 +167,7 @@ class AuditLog:
     def _commit_pending(self) -> BaseException | None:
         """Write every pending record as one group. Call with the commit lock held."""
         failure: BaseException | None = None
+        rechains = 0
         while True:
             with self._lock:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
@@ -173,17 +175,18 @@ class AuditLog:
                 return failure
             try:
                 self.store.append_audit([p.record for p in batch])
+            except StoreUnavailable as exc:
+                if exc.reason == "audit_conflict" and rechains < MAX_RECHAINS:
+                    # Another writer (a second process on the same database) appended first.
+                    # Nothing of ours was stored, so chain it again onto the stored head.
+                    rechains += 1
+                    self._rechain(batch)
+                    continue
+                failure = self._fail(batch, exc)
+                return failure
             except Exception as exc:
-                # Everything pending is chained onto the failed group: fail it all and
-                # let the next append restart from the head that was really stored.
-                with self._lock:
-                    batch.extend(self._pending)
-                    self._pending = []
-                    self._broken = True
-                for p in batch:
-                    p.error, p.done = exc, True
-                self._write_failed = True
-                return exc
+                failure = self._fail(batch, exc)
+                return failure
             self._write_failed = False
             self._committed_seq, self._committed_hash = batch[-1].record.seq, batch[-1].record.hash
             for p in batch:
@@ -191,6 +194,36 @@ class AuditLog:
             if self._committed_seq - self._last_checkpoint_seq >= self.checkpoint_every:
                 with contextlib.suppress(Exception):  # retried after the next group
                     self._checkpoint_now()
+
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> BaseException:
+        # Everything pending is chained onto the failed group: fail it all and
+        # let the next append restart from the head that was really stored.
+        with self._lock:
+            batch.extend(self._pending)
+            self._pending = []
+            self._broken = True
+        for p in batch:
+            p.error, p.done = exc, True
+        self._write_failed = True
+        return exc
+
+    def _rechain(self, batch: list[_Pending]) -> None:
+        """Re-link ``batch`` and everything pending after it onto the stored head."""
+        with self._lock:
+            waiting = batch + self._pending
+            self._resync()
+            for p in waiting:
+                old = p.record
+                p.record = chain_record(
+                    prev_hash=self._head_hash,
+                    seq=self._head_seq + 1,
+                    event_id=old.event_id,
+                    ts=old.ts,
+                    kind=old.kind,
+                    data=old.data,
+                )
+                self._head_seq, self._head_hash = p.record.seq, p.record.hash
+            self._pending = waiting
 
     def _resync(self) -> None:
         try:

@@ -1,6 +1,6 @@
 """Benchmark: the HTTP decision (DESIGN §8), beside a bare ASGI endpoint measured in the same run.
 
-    python bench/http.py [--seconds 3] [--rounds 3] [--client auto|wrk|python] [--policies 100]
+    python bench/http_decision.py [--seconds 3] [--rounds 3] [--client auto|wrk|python] [--policies 100]
 
 Two servers, each ONE uvicorn worker (uvloop + httptools when installed, no
 access log), each in its own process, on 127.0.0.1:
@@ -24,34 +24,13 @@ bare endpoint throughput. Absolute numbers move with the machine (client and
 server share its cores); the ratio is what to track.
 """
 
-# Imports of third-party and remit modules stay inside the functions that use them: this
-# file must import nothing heavy when it only stands in for ``http`` (see below).
 # ruff: noqa: PLC0415
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# This file is named http.py, like the standard library package that uvicorn, httpx and
-# PyJWT import. Any script run from bench/ has bench/ first on sys.path, so there
-# ``import http`` finds this file: then it stands in for the real package at once.
-if __name__ == "http":
-    import importlib.util
-    import sysconfig
-
-    _pkg = Path(sysconfig.get_paths()["stdlib"]) / "http"
-    _spec = importlib.util.spec_from_file_location(
-        "http", _pkg / "__init__.py", submodule_search_locations=[str(_pkg)]
-    )
-    assert _spec is not None and _spec.loader is not None
-    _real = importlib.util.module_from_spec(_spec)
-    sys.modules["http"] = _real
-    _spec.loader.exec_module(_real)
-else:
-    # Run as the benchmark: keep this file's directory off the path for the same reason.
-    _HERE = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-    sys.path.insert(0, str(_HERE.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import argparse
 import asyncio
