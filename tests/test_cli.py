@@ -515,3 +515,21 @@ def test_admin_tokens_over_http(server: Server) -> None:
     assert server.run("admin-token", "revoke", created["token_id"]).exit_code == 0
     assert server.run("agent", "list", token=created["token"]).exit_code == 6
     assert server.run("admin-token", "list", token=server.readonly).exit_code == 9
+
+
+def test_settings_from_a_config_file_with_environment_overrides(tmp_path: Path) -> None:
+    from remit.config import load_settings as load
+
+    config = tmp_path / "remit.toml"
+    config.write_text(
+        'data_dir = "/srv/remit"\ntrust_domain = "file.example"\naudit_durable = false\nmax_task_ttl_seconds = 120\n'
+    )
+    settings = load({"REMIT_CONFIG": str(config), "REMIT_TRUST_DOMAIN": "env.example"})
+    assert settings.data_dir == Path("/srv/remit") and settings.trust_domain == "env.example"
+    assert settings.audit_durable is False and settings.max_task_ttl_seconds == 120
+    config.write_text('data_dri = "/typo"\n')
+    with pytest.raises(InvalidRequest):
+        load({"REMIT_CONFIG": str(config)})
+    config.write_text("max_task_ttl_seconds = 'soon'\n")
+    with pytest.raises(InvalidRequest):
+        load({}, config_file=config)

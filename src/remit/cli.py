@@ -205,8 +205,8 @@ def _local(data_dir: Path | None, output: Output) -> Iterator[Remit]:
             remit.close()
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    settings = load_settings()
+def _settings(data_dir: Path | None, config: Path | None = None) -> Settings:
+    settings = load_settings(config_file=config)
     return settings.with_data_dir(data_dir) if data_dir is not None else settings
 
 
@@ -295,13 +295,16 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8750,
     data_dir: DataDirOption = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A TOML settings file (also REMIT_CONFIG).")
+    ] = None,
 ) -> None:
-    """Run the HTTP API (settings from REMIT_* environment variables)."""
+    """Run the HTTP API. Settings: the config file, then REMIT_* environment variables."""
     from remit.http.server import serve as run_server
 
     output = Output()
     with _handled(output):
-        run_server(_settings(data_dir), host=host, port=port)
+        run_server(_settings(data_dir, config), host=host, port=port)
 
 
 @app.command()

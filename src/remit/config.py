@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,27 +68,71 @@ _INT_FIELDS = {
 }
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``REMIT_<FIELD>`` variables, e.g. ``REMIT_DATA_DIR``, ``REMIT_TRUST_DOMAIN``."""
+_PATH_FIELDS = {"data_dir", "catalog_path", "policy_dir"}
+_BOOL_FIELDS = {"audit_durable"}
+
+
+def _convert(name: str, raw: object, where: str) -> object:
+    """One setting from the environment (a string) or the config file (TOML values)."""
+    if name in _INT_FIELDS:
+        if isinstance(raw, bool):
+            raise InvalidRequest(f"{where} must be an integer", reason="bad_setting")
+        try:
+            return int(raw)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"{where} must be an integer", reason="bad_setting") from None
+    if name in _BOOL_FIELDS:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        raise InvalidRequest(f"{where} must be true or false", reason="bad_setting")
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"{where} must be a string", reason="bad_setting")
+    return Path(raw) if name in _PATH_FIELDS else raw
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Settings from a TOML file, field names in lowercase: ``data_dir = "/var/lib/remit"``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise InvalidRequest(
+            f"cannot read the config file {path.name}", reason="bad_config"
+        ) from None
+    except tomllib.TOMLDecodeError:
+        raise InvalidRequest(
+            f"config file {path.name} is not valid TOML", reason="bad_config"
+        ) from None
+    fields = set(Settings.__dataclass_fields__) - {"extra"}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        # A typo must not silently leave a setting at its default.
+        raise InvalidRequest(f"config file has unknown settings: {unknown}", reason="bad_config")
+    return {name: _convert(name, value, f"{path.name}: {name}") for name, value in data.items()}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, config_file: Path | None = None
+) -> Settings:
+    """Settings, read once: the config file (``config_file`` or ``REMIT_CONFIG``, TOML) first,
+    then ``REMIT_<FIELD>`` environment variables, which win, e.g. ``REMIT_DATA_DIR``."""
     env = os.environ if env is None else env
-    values: dict[str, object] = {}
+    path = config_file or (Path(env["REMIT_CONFIG"]) if env.get("REMIT_CONFIG") else None)
+    values: dict[str, object] = read_config_file(path) if path is not None else {}
     for name in Settings.__dataclass_fields__:
         if name == "extra":
             continue
         raw = env.get("REMIT_" + name.upper())
-        if raw is None:
-            continue
-        if name in _INT_FIELDS:
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                raise InvalidRequest(
-                    f"REMIT_{name.upper()} must be an integer", reason="bad_setting"
-                ) from None
-        elif name == "audit_durable":
-            values[name] = raw.strip().lower() not in ("0", "false", "no", "off")
-        elif name in ("data_dir", "catalog_path", "policy_dir"):
-            values[name] = Path(raw)
-        else:
-            values[name] = raw
+        if raw is not None:
+            values[name] = _convert(name, raw, f"REMIT_{name.upper()}")
     return Settings(**values)  # type: ignore[arg-type]
