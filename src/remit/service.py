@@ -21,7 +21,7 @@ from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
 from remit.config import Settings
 from remit.core.audit import AuditRecord, ChainReport
-from remit.core.catalog import Catalog, catalog_from_data
+from remit.core.catalog import Catalog, catalog_from_data, check_tool_name, tool_definition_digest
 from remit.core.destinations import normalize_destination, parse_pattern
 from remit.core.identity import (
     Agent,
@@ -43,6 +43,7 @@ from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import IdentityClaims, TokenService, verify_call_proof
 from remit.errors import (
     Conflict,
+    Denied,
     InvalidGrant,
     InvalidProof,
     InvalidRequest,
@@ -55,7 +56,13 @@ from remit.errors import (
 from remit.ids import SpiffeId, check_name, check_principal_id, new_id
 from remit.keystore import FileKeyStore
 from remit.store.audit_log import AuditLog
-from remit.store.base import AdminTokenRecord, AuditQuery, JoinTokenRecord, PolicyVersionRecord
+from remit.store.base import (
+    AdminTokenRecord,
+    AuditQuery,
+    JoinTokenRecord,
+    PolicyVersionRecord,
+    ToolPin,
+)
 from remit.store.sql import SqlStore
 
 P = ParamSpec("P")
@@ -159,6 +166,9 @@ class _State:
     def get_principal(self, principal_id: str) -> Principal | None:
         return self._cached("principal", principal_id, self.store.get_principal)
 
+    def get_pin(self, tool: str) -> ToolPin | None:
+        return self._cached("pin", tool, self.store.get_tool_pin)
+
     def ancestors_open(self, task: Task, now: float) -> bool:
         parent_id = task.parent_id
         hops = 0
@@ -256,6 +266,59 @@ class Remit:
             return catalog
 
         return self._guard("catalog.load", run)
+
+    # ------------------------------------------------------------------ tool definition pins
+    def admit_tool_definition(
+        self, tool: str, definition: Mapping[str, Any], *, by: str = "operator"
+    ) -> str:
+        """Pin what an upstream server says a catalog tool is (name, description, input
+        schema). Gateways refuse calls to a tool whose definition no longer matches."""
+
+        def run() -> str:
+            name = check_tool_name(tool)
+            if name not in self._catalog:
+                raise InvalidRequest(f"tool {name} is not in the catalog", reason="unknown_tool")
+            pin_digest = tool_definition_digest(definition)
+            previous = self.store.get_tool_pin(name)
+            self.store.upsert_tool_pin(
+                ToolPin(
+                    name, pin_digest, _definition_data(definition), self.clock.now(), _short(by)
+                )
+            )
+            self.state.invalidate("pin", name)
+            self.audit.append(
+                "tool.admitted",
+                {
+                    "tool": name,
+                    "digest": pin_digest,
+                    "previous": previous.digest if previous else None,
+                    "by": _short(by),
+                },
+            )
+            return pin_digest
+
+        return self._guard("tool.admit", run)
+
+    def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
+        """Raise Denied unless ``definition`` is the admitted one for ``tool``.
+
+        Reasons: ``tool_not_admitted`` (never pinned), ``tool_definition_changed``.
+        A refusal is audited, with the digest that was seen.
+        """
+        name = check_tool_name(tool)
+        seen = tool_definition_digest(definition)
+        pin = self.state.get_pin(name)
+        if pin is not None and pin.digest == seen:
+            return
+        reason = "tool_not_admitted" if pin is None else "tool_definition_changed"
+        self.audit.append(
+            "tool.refused",
+            {"tool": name, "reason": reason, "seen": seen, "pinned": pin.digest if pin else None},
+        )
+        raise Denied(f"tool {name} is not admitted with this definition", reason=reason)
+
+    def list_tool_pins(self) -> list[ToolPin]:
+        return self.store.list_tool_pins()
 
     def load_policies(self, sources: Sequence[PolicySource]) -> str:
         """Validate and activate an operator policy set; an invalid set is refused whole."""
@@ -826,6 +889,14 @@ class Remit:
 
     def jwks(self) -> dict[str, Any]:
         return self.tokens.jwks()
+
+
+def _definition_data(definition: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": definition.get("name"),
+        "description": definition.get("description") or "",
+        "input_schema": dict(definition.get("input_schema") or {}),
+    }
 
 
 def _short(text: object, limit: int = 200) -> str:

@@ -239,3 +239,27 @@ def test_unreachable_store_raises_store_unavailable(tmp_path: Path) -> None:
     s = SqlStore(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
     with pytest.raises(StoreUnavailable):
         s.migrate()
+
+
+def test_tool_pins(store: SqlStore) -> None:
+    from remit.store.base import ToolPin
+
+    assert store.get_tool_pin("email/send") is None
+    pin = ToolPin(
+        "email/send",
+        "sha256:a",
+        {"name": "send", "description": "", "input_schema": {}},
+        1.0,
+        "ops",
+    )
+    store.upsert_tool_pin(pin)
+    assert store.get_tool_pin("email/send") == pin
+    newer = ToolPin(
+        "email/send",
+        "sha256:b",
+        {"name": "send", "description": "v2", "input_schema": {}},
+        2.0,
+        "ops",
+    )
+    store.upsert_tool_pin(newer)
+    assert store.list_tool_pins() == [newer]

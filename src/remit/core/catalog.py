@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from remit.canonical import JsonLimits, digest
 from remit.core.destinations import Destination, DestinationKind, normalize_destination
 from remit.core.labels import Labels
 from remit.errors import InvalidRequest
@@ -198,6 +199,39 @@ def _tool_from_data(raw: object, index: int) -> ToolSpec:
         output_labels=labels,
         risk=frozenset(risk_raw),
         description=description,
+    )
+
+
+DEFINITION_LIMITS = JsonLimits(
+    max_depth=24, max_bytes=256 * 1024, max_string=64 * 1024, max_items=4096
+)
+
+
+def tool_definition_digest(definition: Mapping[str, Any]) -> str:
+    """The pin of an upstream tool: a digest of its name, description and input schema.
+
+    What a tool server says about a tool is what a model reads and obeys, so a
+    change to any of the three (a "rug pull") must be seen and re-admitted.
+    """
+    if not isinstance(definition, Mapping) or set(definition) - {
+        "name",
+        "description",
+        "input_schema",
+    }:
+        raise InvalidRequest(
+            "a tool definition has name, description and input_schema only", reason="bad_definition"
+        )
+    name = definition.get("name")
+    description = definition.get("description") or ""
+    schema = definition.get("input_schema") or {}
+    if not isinstance(name, str) or not name or not isinstance(description, str):
+        raise InvalidRequest(
+            "a tool definition needs a name and a text description", reason="bad_definition"
+        )
+    if not isinstance(schema, Mapping):
+        raise InvalidRequest("a tool's input schema must be an object", reason="bad_definition")
+    return digest(
+        {"name": name, "description": description, "input_schema": dict(schema)}, DEFINITION_LIMITS
     )
 
 

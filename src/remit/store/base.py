@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.identity import Agent, Instance, Principal
@@ -59,6 +59,17 @@ class AuditQuery:
     until: float | None = None
     after_seq: int = 0
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPin:
+    """An admitted upstream tool definition."""
+
+    tool: str
+    digest: str
+    definition: dict[str, Any]
+    admitted_at: float
+    admitted_by: str
 
 
 class Store(Protocol):
@@ -113,6 +124,11 @@ class Store(Protocol):
     def get_admin_token_by_hash(self, token_hash: str) -> AdminTokenRecord | None: ...
     def list_admin_tokens(self) -> list[AdminTokenRecord]: ...
     def revoke_admin_token(self, token_id: str, now: float) -> bool: ...
+
+    # --- tool definition pins
+    def upsert_tool_pin(self, pin: ToolPin) -> None: ...
+    def get_tool_pin(self, tool: str) -> ToolPin | None: ...
+    def list_tool_pins(self) -> list[ToolPin]: ...
 
     # --- policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None: ...

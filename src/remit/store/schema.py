@@ -168,6 +168,17 @@ admin_tokens = Table(
 )
 
 
+tool_pins = Table(
+    "tool_pins",
+    metadata,
+    Column("tool", String(128), primary_key=True),
+    Column("digest", String(80), nullable=False),
+    Column("definition", Text, nullable=False),  # canonical JSON, for review and diffs
+    Column("admitted_at", Float, nullable=False),
+    Column("admitted_by", String(128), nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
@@ -176,5 +187,9 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[admin_tokens])
 
 
+def _v3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[tool_pins])
+
+
 # Forward-only: append new steps, never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]

@@ -35,7 +35,13 @@ from remit.core.mandate import Mandate
 from remit.core.tasks import Task, TaskStatus
 from remit.errors import Conflict, StoreUnavailable
 from remit.store import schema as t
-from remit.store.base import AdminTokenRecord, AuditQuery, JoinTokenRecord, PolicyVersionRecord
+from remit.store.base import (
+    AdminTokenRecord,
+    AuditQuery,
+    JoinTokenRecord,
+    PolicyVersionRecord,
+    ToolPin,
+)
 
 MAX_TREE = 10_000
 
@@ -657,6 +663,37 @@ class SqlStore:
                 .values(revoked_at=now)
             )
             return done.rowcount == 1
+
+    # ------------------------------------------------------------------ tool pins
+    def upsert_tool_pin(self, pin: ToolPin) -> None:
+        values = {
+            "digest": pin.digest,
+            "definition": _dumps(pin.definition),
+            "admitted_at": pin.admitted_at,
+            "admitted_by": pin.admitted_by,
+        }
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.tool_pins).where(t.tool_pins.c.tool == pin.tool).values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(t.tool_pins).values(tool=pin.tool, **values))
+
+    @staticmethod
+    def _pin_from(row: Any) -> ToolPin:
+        return ToolPin(
+            row.tool, row.digest, json.loads(row.definition), row.admitted_at, row.admitted_by
+        )
+
+    def get_tool_pin(self, tool: str) -> ToolPin | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.tool_pins).where(t.tool_pins.c.tool == tool)).first()
+        return self._pin_from(row) if row else None
+
+    def list_tool_pins(self) -> list[ToolPin]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.tool_pins).order_by(t.tool_pins.c.tool)).all()
+        return [self._pin_from(r) for r in rows]
 
     # ------------------------------------------------------------------ policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None:
