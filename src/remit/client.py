@@ -310,6 +310,22 @@ class RemitClient:
     def validate_catalog(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/v1/catalog/validate", body=dict(manifest))
 
+    # Tool-definition pins: the same names as the service, so a gateway can use either.
+    def list_tool_pins(self) -> list[dict[str, Any]]:
+        data = self._json("GET", "/v1/catalog/pins")
+        return _parse(lambda d: [dict(p) for p in d["pins"]], data)
+
+    def admit_tool_definition(
+        self, tool: str, definition: Mapping[str, Any], *, by: str = "operator"
+    ) -> str:
+        """Pin ``definition`` for ``tool`` (``by`` is taken from the admin token's name)."""
+        data = self._json("POST", "/v1/catalog/pins", body=_pin_body(tool, definition))
+        return _parse(lambda d: _str(d["digest"]), data)
+
+    def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
+        """Raise Denied (``tool_definition_changed`` / ``tool_not_admitted``) unless admitted."""
+        self._json("POST", "/v1/catalog/pins/check", body=_pin_body(tool, definition))
+
     def list_policies(self) -> dict[str, Any]:
         return self._json("GET", "/v1/policies")
 
@@ -619,3 +635,14 @@ if TYPE_CHECKING:
     def _is_a_remit_api(client: RemitClient) -> RemitApi:
         """Checked by mypy: an AgentSession works over this client unchanged."""
         return client
+
+
+def _pin_body(tool: str, definition: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "tool": tool,
+        "definition": {
+            "name": definition.get("name"),
+            "description": definition.get("description") or "",
+            "input_schema": dict(definition.get("input_schema") or {}),
+        },
+    }

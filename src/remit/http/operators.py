@@ -40,6 +40,7 @@ from remit.http.wire import (
     KillSwitchOut,
     KillSwitchRequest,
     ModeRequest,
+    PinCheckOut,
     PoliciesOut,
     PolicyFilesRequest,
     PrincipalOut,
@@ -47,6 +48,9 @@ from remit.http.wire import (
     ReasonRequest,
     RegisterAgentRequest,
     TaskOut,
+    ToolPinOut,
+    ToolPinRequest,
+    ToolPinsOut,
     ValidationOut,
     VerifyOut,
     VersionOut,
@@ -62,7 +66,7 @@ from remit.http.wire import (
     verify_out,
 )
 from remit.ids import SpiffeId
-from remit.service import Remit
+from remit.service import AdminIdentity, Remit
 from remit.store.base import AuditQuery
 
 # (method, path template) -> the scope an operator token needs.
@@ -81,6 +85,9 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/catalog"): "readonly",
     ("PUT", "/v1/catalog"): "admin",
     ("POST", "/v1/catalog/validate"): "readonly",
+    ("GET", "/v1/catalog/pins"): "readonly",
+    ("POST", "/v1/catalog/pins"): "admin",
+    ("POST", "/v1/catalog/pins/check"): "readonly",
     ("GET", "/v1/policies"): "readonly",
     ("POST", "/v1/policies"): "admin",
     ("POST", "/v1/policies/validate"): "readonly",
@@ -235,6 +242,44 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
         except InvalidRequest as exc:
             return ValidationOut(valid=False, problems=[exc.message])
         return ValidationOut(valid=True, problems=[])
+
+    # ------------------------------------------------------------------ tool definition pins
+    @route("GET", "/v1/catalog/pins", response_model=ToolPinsOut)
+    def list_pins() -> ToolPinsOut:
+        return ToolPinsOut(
+            pins=[
+                ToolPinOut(
+                    tool=p.tool,
+                    digest=p.digest,
+                    definition=p.definition,
+                    admitted_at=p.admitted_at,
+                    admitted_by=p.admitted_by,
+                )
+                for p in remit.list_tool_pins()
+            ]
+        )
+
+    @route("POST", "/v1/catalog/pins", *BODY_ERRORS, response_model=ToolPinOut)
+    def admit_pin(
+        body: ToolPinRequest, who: Annotated[AdminIdentity, Depends(operator(remit, "admin"))]
+    ) -> ToolPinOut:
+        definition = body.definition.model_dump()
+        digest_value = remit.admit_tool_definition(body.tool, definition, by=who.name)
+        pin = next(p for p in remit.list_tool_pins() if p.tool == body.tool)
+        return ToolPinOut(
+            tool=pin.tool,
+            digest=digest_value,
+            definition=pin.definition,
+            admitted_at=pin.admitted_at,
+            admitted_by=pin.admitted_by,
+        )
+
+    @route("POST", "/v1/catalog/pins/check", *BODY_ERRORS, response_model=PinCheckOut)
+    def check_pin(body: ToolPinRequest) -> PinCheckOut:
+        """A denial (403 ``denied``, reason ``tool_definition_changed`` or ``tool_not_admitted``)
+        when the definition is not the admitted one."""
+        remit.check_tool_definition(body.tool, body.definition.model_dump())
+        return PinCheckOut(tool=body.tool, admitted=True)
 
     # ------------------------------------------------------------------ policies
     @route("GET", "/v1/policies", response_model=PoliciesOut)

@@ -272,6 +272,38 @@ class ValidationOut(Response):
     problems: list[str]
 
 
+class ToolDefinition(Request):
+    """What an upstream tool server says a tool is; its digest is the pin."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    description: Annotated[str, StringConstraints(max_length=65536)] = ""
+    input_schema: Json = {}
+
+
+class ToolPinRequest(Request):
+    tool: Annotated[
+        str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}/[a-z0-9][a-z0-9_.-]{0,62}$")
+    ]
+    definition: ToolDefinition
+
+
+class ToolPinOut(Response):
+    tool: str
+    digest: str
+    definition: Json
+    admitted_at: float
+    admitted_by: str
+
+
+class ToolPinsOut(Response):
+    pins: list[ToolPinOut]
+
+
+class PinCheckOut(Response):
+    tool: str
+    admitted: bool
+
+
 class PolicyFilesRequest(Request):
     files: Annotated[
         dict[Annotated[str, StringConstraints(min_length=1, max_length=256)], str],
