@@ -30,6 +30,7 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/http_decision.py
+	$(BIN)/python bench/gateway.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

@@ -240,10 +240,14 @@ def test_operator_revocation_and_suspension(env: Env, session: AgentSession) -> 
     with pytest.raises(TokenRevoked):
         second.authorize("docs/read", {})
     env.operator.resume_agent(session.agent_id)
-    assert second.authorize("docs/read", {}).allowed
+    # Suspension ended the agent's tasks (issue 5): resuming does not bring them back.
+    with pytest.raises(TokenRevoked):
+        second.authorize("docs/read", {})
+    third = open_task(session)
+    assert third.authorize("docs/read", {}).allowed
     env.operator.retire_agent(session.agent_id)
     with pytest.raises(InvalidToken):
-        second.authorize("docs/read", {})
+        third.authorize("docs/read", {})
 
 
 def test_identity_renewal(env: Env, session: AgentSession) -> None:

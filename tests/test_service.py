@@ -269,10 +269,14 @@ def test_operator_revocation_and_suspension(remit: Remit, agent_session: AgentSe
     with pytest.raises(TokenRevoked):
         task2.authorize("docs/read", {})
     remit.resume_agent(agent_session.agent_id)
-    assert task2.authorize("docs/read", {}).allowed
+    # Suspension ended the agent's tasks (issue 5): resuming does not bring them back.
+    with pytest.raises(TokenRevoked):
+        task2.authorize("docs/read", {})
+    task3 = open_task(agent_session)
+    assert task3.authorize("docs/read", {}).allowed
     remit.retire_agent(agent_session.agent_id)
     with pytest.raises(InvalidToken):
-        task2.authorize("docs/read", {})
+        task3.authorize("docs/read", {})
 
 
 def test_identity_rotates_before_half_life(

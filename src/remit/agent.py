@@ -11,6 +11,7 @@ service today, the HTTP client later.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from remit.canonical import digest
@@ -20,7 +21,16 @@ from remit.core.keys import generate_instance_key, jwk_thumbprint, public_jwk, s
 from remit.core.pipeline import ARGUMENT_LIMITS, Decision
 from remit.core.secrets import Secret
 from remit.core.tokens import make_call_proof
-from remit.service import END_TASK_OP, OPEN_TASK_OP, RENEW_IDENTITY_OP, Attestation, TaskGrant
+from remit.errors import InvalidRequest
+from remit.service import (
+    DELEGATE_OP,
+    END_TASK_OP,
+    OPEN_TASK_OP,
+    RENEW_IDENTITY_OP,
+    Attestation,
+    TaskGrant,
+    delegation_body,
+)
 
 
 class RemitApi(Protocol):
@@ -48,6 +58,29 @@ class RemitApi(Protocol):
         arguments: Mapping[str, Any],
         approval: str | None = None,
     ) -> Decision: ...
+
+
+class Delegator(Protocol):
+    """What delegation needs of Remit (the in-process service; HTTP: not yet)."""
+
+    def delegate(
+        self,
+        parent_task_token: str,
+        parent_proof: str,
+        actor_identity_token: str,
+        actor_proof: str,
+        *,
+        narrowing: Mapping[str, Any],
+    ) -> TaskGrant: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActorConsent:
+    """Agent B's consent to take a sub-task: its identity token and a proof signed with
+    its own key over (parent task, narrowing). B's key never leaves B."""
+
+    identity_token: str
+    proof: str
 
 
 class AgentSession:
@@ -105,6 +138,18 @@ class AgentSession:
             )
         return self.attestation.identity_token
 
+    def consent_to_delegation(
+        self, parent_task_id: str, narrowing: Mapping[str, Any]
+    ) -> ActorConsent:
+        """B's side of a delegation: sign a proof over exactly this sub-task."""
+        token = self.identity_token()
+        body = delegation_body(parent_task_id, narrowing)
+        return ActorConsent(token, self.proof(token, DELEGATE_OP, body, endpoint="delegate"))
+
+    def adopt(self, grant: TaskGrant) -> TaskSession:
+        """B's session for a task delegated to it."""
+        return TaskSession(self, grant)
+
     def open_task(self, *, principal: str, intent: Mapping[str, Any]) -> TaskSession:
         token = self.identity_token()
         body = {"principal": principal, "intent": intent}
@@ -137,6 +182,19 @@ class TaskSession:
         proof = self.agent.proof(self.token, tool, dict(arguments))
         return self.agent._remit.authorize(
             task_token=self.token, proof=proof, tool=tool, arguments=arguments, approval=approval
+        )
+
+    def delegate(self, consent: ActorConsent, narrowing: Mapping[str, Any]) -> TaskGrant:
+        """A's side: hand a narrower sub-task to the agent whose consent this is. Returns
+        the child's grant, for B (``AgentSession.adopt``); it is bound to B's key."""
+        remit = self.agent._remit
+        if not hasattr(remit, "delegate"):
+            raise InvalidRequest("this Remit connection cannot delegate", reason="unsupported")
+        body = delegation_body(self.task_id, narrowing)
+        proof = self.agent.proof(self.token, DELEGATE_OP, body, endpoint="delegate")
+        delegator: Delegator = remit  # type: ignore[assignment]
+        return delegator.delegate(
+            self.token, proof, consent.identity_token, consent.proof, narrowing=narrowing
         )
 
     def end(self) -> list[str]:

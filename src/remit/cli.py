@@ -308,6 +308,102 @@ def serve(
 
 
 @app.command()
+def gateway(
+    config: Annotated[
+        Path, typer.Option("--config", help="The gateway config file (TOML or YAML).")
+    ],
+    stdio: Annotated[
+        bool, typer.Option("--stdio", help="Run as the agent's sidecar on stdin/stdout.")
+    ] = False,
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP at /mcp.")] = False,
+    discover: Annotated[
+        bool,
+        typer.Option("--discover", help="List the upstreams' tools: definitions, digests, hints."),
+    ] = False,
+    admit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--admit",
+            help="Pin the upstream's current definition of this catalog tool ('all': every "
+            "discovered tool in the catalog). An operator action.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (--http).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (--http).")] = 8760,
+    remit_url: Annotated[
+        str | None,
+        typer.Option(
+            "--remit-url",
+            help="A Remit server (default: Remit in-process on the data dir).",
+            show_default=False,
+        ),
+    ] = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    settings_file: Annotated[
+        Path | None,
+        typer.Option("--settings", help="Remit's TOML settings file (also REMIT_CONFIG)."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the MCP gateway: every tool call of an MCP agent goes through Remit (docs/gateway.md).
+
+    --stdio runs it as one agent's sidecar, --http serves agents that sign each request;
+    --discover and --admit are the operator's view of the upstream tools.
+    """
+    from remit.gateway import run
+
+    output = Output(json_output)
+    with _handled(output):
+        if sum((stdio, http, discover, bool(admit))) != 1:
+            raise InvalidRequest(
+                "give exactly one of --stdio, --http, --discover and --admit", reason="bad_option"
+            )
+        if http and remit_url:
+            raise InvalidRequest(
+                "the HTTP gateway embeds Remit; --remit-url is for the others", reason="bad_option"
+            )
+        gateway_config = run.load(config)
+        settings = None if remit_url else _settings(data_dir, settings_file)
+        if discover:
+            found = run.discover(gateway_config)
+            rows = [
+                (
+                    escape(t["tool"]),
+                    t["suggested_privilege"],
+                    _text([k for k, v in t["hints"].items() if v]),
+                    t["digest"][:19],
+                    escape(t["definition"]["description"][:60]),
+                )
+                for t in found
+            ]
+            columns = ["tool", "suggested", "hints", "digest", "description"]
+            output.data(
+                {"tools": found},
+                lambda console: console.print(render_table("upstream tools", rows, columns)),
+            )
+            return
+        if admit:
+            done = run.admit(
+                gateway_config, admit, settings=settings, remit_url=remit_url, admin_token=token
+            )
+            output.done(
+                {"admitted": [{"tool": t, "digest": d} for t, d in done]},
+                "\n".join(f"admitted {escape(t)} {d}" for t, d in done) or "nothing admitted",
+            )
+            return
+        run.configure_logging()
+        if stdio:
+            run.run_sidecar(
+                gateway_config, settings=settings, remit_url=remit_url, admin_token=token
+            )
+        else:
+            assert settings is not None
+            run.run_http(gateway_config, settings, host=host, port=port)
+
+
+@app.command()
 def demo(
     keep: Annotated[
         bool, typer.Option(help="Keep the temporary data directory and print its path.")
@@ -1378,3 +1474,9 @@ def main() -> None:
     except RemitError as exc:  # pragma: no cover - commands catch their own
         Console(stderr=True).print(f"error [{exc.code}] {exc.message}")
         sys.exit(exit_code_for(exc))
+
+
+# The approver's commands live in their own module (it imports the helpers above).
+from remit.cli_approvals import approvals_app  # noqa: E402
+
+app.add_typer(approvals_app, name="approvals")

@@ -52,7 +52,9 @@ AGENT_ENDPOINTS: Mapping[str, str] = {
     "open_task": "/v1/tasks",
     "end_task": "/v1/tasks/end",
     "authorize": "/v1/authorize",
+    "delegate": "/oauth/token",
 }
+ACTOR_PROOF_HEADER = "Remit-Actor-Proof"
 
 # When a failure carries no problem document (a proxy, an unknown route), its status says enough.
 _BY_STATUS: Mapping[int, type[RemitError]] = {
@@ -120,8 +122,10 @@ class RemitClient:
         return f"RemitClient({self.base_url!r})"
 
     # ------------------------------------------------------------------ plumbing
-    def _headers(self, auth: Auth, proof: str | None) -> dict[str, str]:
-        headers: dict[str, str] = {}
+    def _headers(
+        self, auth: Auth, proof: str | None, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        headers: dict[str, str] = dict(extra or {})
         if isinstance(auth, Secret):
             headers["Authorization"] = f"Bearer {auth.reveal()}"
         elif auth == "admin" and self._admin_token is not None:
@@ -139,12 +143,13 @@ class RemitClient:
         proof: str | None = None,
         body: object = None,
         params: Sequence[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             response = self._http.request(
                 method,
                 path,
-                headers=self._headers(auth, proof),
+                headers=self._headers(auth, proof, headers),
                 json=body,
                 params=list(params) if params else None,
             )
@@ -211,6 +216,34 @@ class RemitClient:
             auth=Secret(identity_token),
             proof=proof,
             body={"principal": principal, "intent": dict(intent)},
+        )
+        return _parse(_grant_from, data)
+
+    def delegate(
+        self,
+        parent_task_token: str,
+        parent_proof: str,
+        actor_identity_token: str,
+        actor_proof: str,
+        *,
+        narrowing: Mapping[str, Any],
+    ) -> TaskGrant:
+        """RFC 8693 token exchange: a narrower child task for the actor (agent B)."""
+        body = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": parent_task_token,
+            "subject_token_type": "urn:remit:params:oauth:token-type:task",
+            "actor_token": actor_identity_token,
+            "actor_token_type": "urn:remit:params:oauth:token-type:identity",
+            "remit_mandate": dict(narrowing),
+        }
+        data = self._json(
+            "POST",
+            AGENT_ENDPOINTS["delegate"],
+            auth="none",
+            proof=parent_proof,
+            headers={ACTOR_PROOF_HEADER: actor_proof},
+            body=body,
         )
         return _parse(_grant_from, data)
 
@@ -299,6 +332,27 @@ class RemitClient:
     def revoke_task(self, task_id: str, *, reason: str = "operator") -> list[str]:
         data = self._json("POST", f"/v1/tasks/{_segment(task_id)}/revoke", body={"reason": reason})
         return _parse(_closed, data)
+
+    # ------------------------------------------------------------------ approvals (approver scope)
+    def list_approvals(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params = [("limit", str(limit))]
+        if status is not None:
+            params.append(("status", status))
+        data = self._json("GET", "/v1/approvals", params=params)
+        return [_dict(a) for a in _list(data.get("approvals"))]
+
+    def get_approval(self, approval_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/approvals/{_segment(approval_id)}")
+
+    def approve(self, approval_id: str, *, reason: str = "") -> dict[str, Any]:
+        path = f"/v1/approvals/{_segment(approval_id)}/approve"
+        return self._json("POST", path, body={"reason": reason})
+
+    def deny(self, approval_id: str, *, reason: str = "") -> dict[str, Any]:
+        path = f"/v1/approvals/{_segment(approval_id)}/deny"
+        return self._json("POST", path, body={"reason": reason})
 
     # ------------------------------------------------------------------ catalog and policies
     def get_catalog(self) -> dict[str, Any]:
@@ -582,6 +636,7 @@ def _decision_from(data: dict[str, Any]) -> Decision:
         obligations=obligations,
         shadow_reasons=_strs(data.get("shadow_reasons", [])),
         audit_seq=int(data.get("audit_seq") or 0),
+        approval_id=_str(data["approval_id"]) if data.get("approval_id") else None,
     )
 
 

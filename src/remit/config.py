@@ -35,6 +35,14 @@ class Settings:
     # check the URL a proof names. Empty: taken from the request (scheme, Host header). Set it
     # behind a proxy, and in production so the check does not rest on the Host header.
     public_url: str = ""
+    # Approvals (issue 5): how long a request stays usable, where new requests are announced
+    # (``REMIT_APPROVAL_WEBHOOK``, an http(s) URL; empty: no webhook), and whether the task's
+    # own principal may approve (an operator token whose name is the principal id).
+    approval_ttl_seconds: int = 600
+    approval_webhook: str = ""
+    allow_self_approval: bool = False
+    # Delegation: the deepest a chain of delegated tasks may go (a root task is depth 0).
+    max_delegation_depth: int = 3
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -65,11 +73,13 @@ _INT_FIELDS = {
     "audit_checkpoint_every",
     "max_calls_per_minute",
     "key_overlap_seconds",
+    "approval_ttl_seconds",
+    "max_delegation_depth",
 }
 
 
 _PATH_FIELDS = {"data_dir", "catalog_path", "policy_dir"}
-_BOOL_FIELDS = {"audit_durable"}
+_BOOL_FIELDS = {"audit_durable", "allow_self_approval"}
 
 
 def _convert(name: str, raw: object, where: str) -> object:

@@ -17,11 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar, cast
 
+from remit.approvals import StoreApprovalGate, WebhookNotifier
 from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
 from remit.config import Settings
+from remit.core.approvals import Approval, ApprovalStatus, Vote, check_vote
 from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import Catalog, catalog_from_data, check_tool_name, tool_definition_digest
+from remit.core.delegation import check_within_ceiling, narrow_mandate
 from remit.core.destinations import normalize_destination, parse_pattern
 from remit.core.identity import (
     Agent,
@@ -40,10 +43,11 @@ from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Pipeline
 from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
-from remit.core.tokens import IdentityClaims, TokenService, verify_call_proof
+from remit.core.tokens import IdentityClaims, TokenService, thaw, verify_call_proof
 from remit.errors import (
     Conflict,
     Denied,
+    Forbidden,
     InvalidGrant,
     InvalidProof,
     InvalidRequest,
@@ -71,7 +75,9 @@ R = TypeVar("R")
 OPEN_TASK_OP = "remit:open_task"
 END_TASK_OP = "remit:end_task"
 RENEW_IDENTITY_OP = "remit:renew_identity"
+DELEGATE_OP = "remit:delegate"
 NONCE_TTL = 120.0
+WEBHOOK_JOIN_SECONDS = 6.0
 ADMIN_LIMITS = JsonLimits(max_depth=6, max_bytes=64 * 1024, max_string=4096, max_items=1024)
 
 
@@ -216,6 +222,14 @@ class Remit:
         self.monitor = BasicMonitor(max_calls_per_minute=settings.max_calls_per_minute)
         self.mandate_limits = MandateLimits(max_ttl_seconds=settings.max_task_ttl_seconds)
         self.state = _State(store)
+        self.approval_notifier = WebhookNotifier(settings.approval_webhook, audit)
+        self.approval_gate = StoreApprovalGate(
+            store=store,
+            audit=audit,
+            clock=clock,
+            ttl_seconds=float(settings.approval_ttl_seconds),
+            notifier=self.approval_notifier,
+        )
         self.pipeline = Pipeline(
             tokens=self.tokens,
             policy=policy,
@@ -224,6 +238,7 @@ class Remit:
             audit=audit,
             clock=clock,
             monitor=self.monitor,
+            approvals=self.approval_gate,
         )
         self._refresh_entities()
 
@@ -233,6 +248,7 @@ class Remit:
         return self._catalog
 
     def close(self) -> None:
+        self.approval_notifier.join(timeout=WEBHOOK_JOIN_SECONDS)
         self.audit.close()
         self.store.close()
 
@@ -416,8 +432,20 @@ class Remit:
             if status is AgentStatus.RETIRED:
                 self.store.deactivate_instances(agent_id)
                 self.state.invalidate("instance")
+            closed: list[str] = []
+            if status is not AgentStatus.ACTIVE:
+                # The kill switch for one agent: its open tasks end and every task
+                # delegated from them (to any agent) is revoked with them.
+                now = self.clock.now()
+                for task_id in self.store.open_task_ids(agent_id):
+                    closed.extend(
+                        self.store.end_task_tree(
+                            task_id, TaskStatus.REVOKED, f"agent {status.value}", now
+                        )
+                    )
             self.audit.append(
-                f"agent.{status.value}", {"agent": agent_id, "reason": _short(reason)}
+                f"agent.{status.value}",
+                {"agent": agent_id, "reason": _short(reason), "closed": closed},
             )
             return updated
 
@@ -701,6 +729,138 @@ class Remit:
 
         return self._guard("task.open", run)
 
+    def delegate(
+        self,
+        parent_task_token: str,
+        parent_proof: str,
+        actor_identity_token: str,
+        actor_proof: str,
+        *,
+        narrowing: Mapping[str, Any],
+        binding: tuple[str, str] | None = None,
+        actor_binding: tuple[str, str] | None = None,
+    ) -> TaskGrant:
+        """Agent A (holder of the parent task) hands a sub-task to agent B.
+
+        Both sign a proof over ``delegation_body(parent task id, narrowing)`` with
+        op ``remit:delegate``: A with its instance key over its task token, B with
+        its instance key over its identity token (B's key never leaves B). The
+        child mandate is checked to be within the parent's in every dimension
+        (``core.delegation``) and within B's ceiling; its budget is carved out of
+        the parent's; it starts with the parent's taint; its token carries the
+        ``act`` chain (A, and A's own chain above it), built by Remit from
+        verified tokens only.
+        """
+
+        def run() -> TaskGrant:
+            check_json({"narrowing": narrowing}, ADMIN_LIMITS, "delegation request")
+            claims = self.tokens.verify_task(parent_task_token)
+            body = delegation_body(claims.task_id, narrowing)
+            instance = self.store.get_instance(claims.instance_id)
+            if instance is None or not instance.active or instance.jkt != claims.jkt:
+                raise InvalidToken("the instance is not active", reason="instance_inactive")
+            self._check_proof(
+                parent_proof,
+                instance=instance,
+                token=parent_task_token,
+                op=DELEGATE_OP,
+                body=body,
+                binding=binding,
+            )
+            now = self.clock.now()
+            parent = self.get_task(claims.task_id)
+            if parent.effective_status(now) is not TaskStatus.OPEN:
+                raise TokenRevoked("the parent task has ended", reason="task_ended")
+            if parent.mandate_digest != claims.mandate_digest:
+                raise InvalidToken("the token does not match its task", reason="mandate_mismatch")
+            if not self.state.ancestors_open(parent, now):
+                raise TokenRevoked("a parent task has ended", reason="ancestor_ended")
+            parent_agent = self.get_agent(parent.agent_id)
+            if parent_agent.status is not AgentStatus.ACTIVE:
+                raise TokenRevoked("the agent is not active", reason="agent_inactive")
+            actor_claims, actor_instance = self._verify_identity_call(
+                actor_identity_token, actor_proof, DELEGATE_OP, body, actor_binding
+            )
+            actor = self.get_agent(actor_claims.agent_id)
+            if actor.agent_id in self._chain_agents(parent):
+                raise Denied(
+                    "the actor is already in this delegation chain", reason="delegation_cycle"
+                )
+            mandate = narrow_mandate(
+                parent.mandate,
+                narrowing,
+                parent_depth=parent.depth,
+                budget_left=parent.mandate.call_budget - parent.calls_used,
+                seconds_left=parent.expires_at - now,
+                max_depth=self.settings.max_delegation_depth,
+            )
+            check_within_ceiling(mandate, actor, self._catalog)
+            if not self.store.reserve_budget(parent.task_id, mandate.call_budget):
+                raise Denied("the parent's budget is spent", reason="widens_budget")
+            child = Task(
+                task_id=new_id("tsk"),
+                agent_id=actor.agent_id,
+                instance_id=actor_instance.instance_id,
+                principal_id=parent.principal_id,
+                parent_id=parent.task_id,
+                mandate=mandate,
+                mandate_digest=mandate.digest(),
+                status=TaskStatus.OPEN,
+                opened_at=now,
+                expires_at=min(now + mandate.ttl_seconds, parent.expires_at),
+                ended_at=None,
+                end_reason=None,
+                calls_used=0,
+                taint=parent.taint,
+                depth=parent.depth + 1,
+            )
+            self.store.insert_task(child)
+            act: dict[str, Any] = {"sub": parent.agent_id, "instance": parent.instance_id}
+            if claims.actor is not None:
+                act["act"] = thaw(claims.actor)
+            ttl = min(child.expires_at - now, float(self.settings.task_token_max_ttl_seconds))
+            token, _ = self.tokens.issue_task(
+                agent_id=actor.agent_id,
+                instance_id=actor_instance.instance_id,
+                task_id=child.task_id,
+                jkt=actor_instance.jkt,
+                ttl=ttl,
+                mandate_digest=child.mandate_digest,
+                authorization_details=mandate.authorization_details(),
+                actor=act,
+            )
+            self.audit.append(
+                "task.delegated",
+                {
+                    "task": child.task_id,
+                    "parent": parent.task_id,
+                    "agent": actor.agent_id,
+                    "instance": actor_instance.instance_id,
+                    "principal": parent.principal_id,
+                    "act": act,
+                    "depth": child.depth,
+                    "mandate": mandate.to_data(),
+                    "mandate_digest": child.mandate_digest,
+                    "taint": sorted(parent.taint.flags),
+                },
+            )
+            return TaskGrant(child.task_id, token, now + ttl, mandate, ())
+
+        return self._guard("task.delegate", run)
+
+    def _chain_agents(self, task: Task) -> set[str]:
+        agents = {task.agent_id}
+        parent_id = task.parent_id
+        for _ in range(32):
+            if parent_id is None:
+                break
+            parent = self.store.get_task(parent_id)
+            if parent is None:
+                break
+            agents.add(parent.agent_id)
+            parent_id = parent.parent_id
+        return agents
+
     def get_task(self, task_id: str) -> Task:
         task = self.store.get_task(task_id)
         if task is None:
@@ -741,6 +901,11 @@ class Remit:
     def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> list[str]:
         task = self.get_task(task_id)
         ended = self.store.end_task_tree(task.task_id, status, reason, self.clock.now())
+        if task.parent_id is not None and ended:
+            # Results that come back to the parent carry the child's taint.
+            final = self.store.get_task(task.task_id)
+            if final is not None:
+                self.store.join_taint(task.parent_id, final.taint)
         self.audit.append(
             f"task.{status.value}",
             {"task": task_id, "reason": reason, "actor": actor, "closed": ended},
@@ -770,6 +935,70 @@ class Remit:
         return self.pipeline.authorize(
             CallRequest(task_token, proof, tool, arguments, approval, binding)
         )
+
+    # ------------------------------------------------------------------ approvals
+    def list_approvals(self, *, status: str | None = None, limit: int = 100) -> list[Approval]:
+        if status is not None and status not in {s.value for s in ApprovalStatus}:
+            raise InvalidRequest(
+                "status must be pending, approved, denied or consumed", reason="bad_status"
+            )
+        if not 0 < limit <= 1000:
+            raise InvalidRequest("limit must be from 1 to 1000", reason="bad_limit")
+        return self.store.list_approvals(status=status, limit=limit)
+
+    def get_approval(self, approval_id: str) -> Approval:
+        found = None
+        if isinstance(approval_id, str) and 0 < len(approval_id) <= 128:
+            found = self.store.get_approval(approval_id)
+        if found is None:
+            raise NotFound("no such approval", reason="unknown_approval")
+        return found
+
+    def approve(self, approval_id: str, *, by: AdminIdentity, reason: str = "") -> Approval:
+        """One approver's consent. The request is approved once ``quorum`` distinct
+        approvers have consented; the task's own principal may not approve (reason
+        ``self_approval``) unless ``allow_self_approval`` is set."""
+        return self._vote(approval_id, by, reason, approve=True)
+
+    def deny(self, approval_id: str, *, by: AdminIdentity, reason: str = "") -> Approval:
+        """One approver's refusal ends the request."""
+        return self._vote(approval_id, by, reason, approve=False)
+
+    def _vote(self, approval_id: str, by: AdminIdentity, reason: str, *, approve: bool) -> Approval:
+        kind = "approved" if approve else "denied"
+
+        def run() -> Approval:
+            if not by.has("approver"):
+                raise Forbidden("approving needs the approver scope", reason="insufficient_scope")
+            approval = self.get_approval(approval_id)
+            now = self.clock.now()
+            why = check_vote(
+                approval,
+                approver=by.name,
+                now=now,
+                allow_self=self.settings.allow_self_approval,
+            )
+            if why is not None:
+                raise Denied(f"this approval cannot be {kind}: {why}", reason=why)
+            vote = Vote(by.name, approve, _short(reason, 256), now)
+            recorded, status = self.store.vote_approval(approval.approval_id, vote, now)
+            if not recorded:
+                raise Conflict("the approval changed; look again", reason="approval_changed")
+            self.audit.append(
+                f"approval.{kind}",
+                {
+                    "approval": approval.approval_id,
+                    "task": approval.task_id,
+                    "approver": by.name,
+                    "token_id": by.token_id,
+                    "reason": vote.reason,
+                    "status": status.value if status else None,
+                    "quorum": approval.quorum,
+                },
+            )
+            return self.get_approval(approval.approval_id)
+
+        return self._guard(f"approval.{kind}", run, approval=_short(approval_id, 128))
 
     # ------------------------------------------------------------------ operators
     def create_admin_token(
@@ -889,6 +1118,11 @@ class Remit:
 
     def jwks(self) -> dict[str, Any]:
         return self.tokens.jwks()
+
+
+def delegation_body(parent_task_id: str, narrowing: Mapping[str, Any]) -> dict[str, Any]:
+    """What both delegation proofs sign (as its digest): the parent task and the narrowing."""
+    return {"task": parent_task_id, "narrowing": dict(narrowing)}
 
 
 def _definition_data(definition: Mapping[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def test_call_within_mandate_is_allowed(engine: PolicyEngine, action: str) -> No
     assert result.reasons == ("permit-within-mandate",)
     assert result.errors == ()
     assert result.version == engine.version
-    assert result.evaluated == (7 if action == "act" else 5)
+    assert result.evaluated == (8 if action == "act" else 5)
     assert explain(result) == "allowed by permit-within-mandate"
 
 
@@ -604,12 +604,19 @@ def test_principal_owner_policy_uses_agent_entities() -> None:
 
     engine.set_entities(AGENTS, TOOLS)
     denied = engine.evaluate(call("act", "payments/transfer", agent=OTHER_AGENT, **pay))
-    assert denied.reasons == ("no-mallory-payments",)
-    assert engine.evaluate(call("act", "payments/transfer", agent=AGENT, **pay)).allowed
+    # A plain forbid alongside the approval policy: a deny, no approval path.
+    assert denied.reasons == ("approval-high-risk-act", "no-mallory-payments")
+    assert denied.approval_reasons == () and denied.approval_quorum == 0
+    # Only the approval policy fired: approval required, never allowed by policy.
+    waiting = engine.evaluate(call("act", "payments/transfer", agent=AGENT, **pay))
+    assert not waiting.allowed
+    assert waiting.approval_reasons == ("approval-high-risk-act",)
+    assert waiting.approval_quorum == 1
     assert engine.evaluate(call("act", "email/send", agent=OTHER_AGENT)).allowed
     unknown = engine.evaluate(call("act", "payments/transfer", agent="spiffe://x/agent/new"))
     assert not unknown.allowed
-    assert unknown.reasons == (POLICY_ERROR,)
+    assert unknown.reasons == ("approval-high-risk-act", POLICY_ERROR)
+    assert unknown.approval_reasons == ()  # an error never turns into an approval path
 
 
 def test_tool_attributes_are_visible() -> None:
@@ -655,13 +662,13 @@ def test_slice_is_smaller_than_the_whole_set() -> None:
     )
     engine.load([src(policies)])
     total = len(engine.policy_ids())
-    assert total == 47
-    assert engine.slice_size("act", "srv3/t") == 8
+    assert total == 48
+    assert engine.slice_size("act", "srv3/t") == 9
     assert engine.slice_size("read", "srv3/t") == 5
-    assert engine.slice_size("act", "other/t") == 7
+    assert engine.slice_size("act", "other/t") == 8
     result = engine.evaluate(call("act", "srv3/t"))
     assert result.allowed
-    assert result.evaluated == 8
+    assert result.evaluated == 9
     assert engine.evaluate(call("act", "srv3/t"), sliced=False).evaluated == total
 
 
@@ -796,7 +803,7 @@ def test_sliced_and_unsliced_evaluation_agree() -> None:
     ]
     engine.set_entities(agents, tools)
     total = len(engine.policy_ids())
-    assert total == 407
+    assert total == 408
 
     outcomes: set[tuple[bool, bool, bool]] = set()
     sizes: list[int] = []
@@ -847,7 +854,7 @@ def test_shadow_forbid_reports_but_does_not_decide() -> None:
     assert result.allowed
     assert result.reasons == ("permit-within-mandate",)
     assert result.shadow_reasons == ("shadow-no-acts-at-night",)
-    assert result.evaluated == 9
+    assert result.evaluated == 10
     assert explain(result) == (
         "allowed by permit-within-mandate [shadow: would be denied by shadow-no-acts-at-night]"
     )
@@ -925,3 +932,43 @@ def test_evaluate_is_consistent_while_versions_swap() -> None:
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+# ---------------------------------------------------------------------- approval policies
+
+
+def test_approval_annotation_needs_a_forbid() -> None:
+    engine = PolicyEngine()
+    with pytest.raises(PolicyInvalid, match="goes on a forbid only"):
+        engine.load([src('@id("p") @approval("required") permit (principal, action, resource);')])
+    with pytest.raises(PolicyInvalid, match="goes on a forbid only"):
+        engine.load([src('@id("p") @approval("maybe") forbid (principal, action, resource);')])
+    with pytest.raises(PolicyInvalid, match="@quorum must be 1 to 5"):
+        engine.load(
+            [
+                src(
+                    '@id("p") @approval("required") @quorum("9") '
+                    "forbid (principal, action, resource);"
+                )
+            ]
+        )
+
+
+def test_approval_quorum_is_the_largest_asked_for() -> None:
+    engine = PolicyEngine()
+    engine.load(
+        [
+            src(
+                '@id("two-approvers-for-email") @approval("required") @quorum("2")\n'
+                'forbid (principal, action == Action::"act", resource == Tool::"email/send");\n'
+                '@id("shadow-approval") @approval("required") @quorum("5") @mode("shadow")\n'
+                'forbid (principal, action == Action::"act", resource);'
+            )
+        ]
+    )
+    result = engine.evaluate(call("act", "email/send"))
+    assert not result.allowed
+    assert result.approval_reasons == ("two-approvers-for-email",)
+    assert result.approval_quorum == 2  # the shadow policy never decides, not even quorum
+    assert result.shadow_reasons == ("shadow-approval",)  # reported like any shadow forbid
+    assert engine.evaluate(call("act", "calendar/write")).approval_reasons == ()

@@ -16,12 +16,14 @@ _PARAMS = {
     "{task_id}": "tsk_AAAAAAAAAAAAAAAAAAAAAA",
     "{version}": "pv_nothing",
     "{token_id}": "adm_AAAAAAAAAAAAAAAAAAAAAA",
+    "{approval_id}": "apr_AAAAAAAAAAAAAAAAAAAAAA",
 }
 ROUTES = sorted(ROUTE_SCOPES.items())
 # Scopes that do not cover the route's scope.
 _NARROWER = {
     "admin": ("readonly", "auditor", "approver"),
     "auditor": ("readonly", "approver"),
+    "approver": ("readonly", "auditor"),
     "readonly": (),
 }
 NARROW_CASES = [
@@ -29,7 +31,8 @@ NARROW_CASES = [
     for (method, path), scope in ROUTES
     for narrow in _NARROWER[scope]
 ]
-PUBLIC_POSTS = {("POST", "/v1/attest/challenge"), ("POST", "/v1/attest")}
+# Attestation carries a join token, and token exchange its tokens and proofs, in the body.
+PUBLIC_POSTS = {("POST", "/v1/attest/challenge"), ("POST", "/v1/attest"), ("POST", "/oauth/token")}
 
 
 def _url(path: str) -> str:

@@ -63,7 +63,7 @@ class CallRequest:
     proof: str
     tool: str
     arguments: Mapping[str, Any] = field(hash=False)
-    approval: str | None = None  # an approval token bound to this exact call (issue 5)
+    approval: str | None = None  # the id of an approved request for this exact call
     binding: tuple[str, str] | None = None  # (method, URL) the proof must name, over HTTP
 
 
@@ -83,6 +83,7 @@ class Decision:
     obligations: tuple[Obligation, ...] = ()
     shadow_reasons: tuple[str, ...] = ()
     audit_seq: int = 0
+    approval_id: str | None = None  # the request to approve, or the approval that was used
 
     @property
     def would_deny(self) -> bool:
@@ -127,14 +128,32 @@ class Monitor(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalStep:
+    """What step 6 decided. ``approval_id`` names the request to approve, or the
+    approval that was used."""
+
+    outcome: Outcome
+    reasons: tuple[str, ...]
+    approved: bool = False
+    approval_id: str | None = None
+
+
 class ApprovalGate(Protocol):
-    """Step 6: turn approval_required into allow when a matching approval is presented."""
+    """Step 6: approval_required becomes a request to approve, or an allow when an
+    approved request for this exact call is presented (and consumed)."""
 
     def resolve(
-        self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task
-    ) -> tuple[Outcome, bool]:
-        """Return (outcome, approved?)."""
-        ...
+        self,
+        outcome: Outcome,
+        reasons: tuple[str, ...],
+        call: CallRequest,
+        task: Task,
+        *,
+        args_digest: str,
+        quorum: int,
+        mode: Mode,
+    ) -> ApprovalStep: ...
 
 
 class LeaseResolver(Protocol):
@@ -145,12 +164,18 @@ class LeaseResolver(Protocol):
 
 class NoApprovals:
     def resolve(
-        self, outcome: Outcome, reasons: tuple[str, ...], call: CallRequest, task: Task
-    ) -> tuple[Outcome, bool]:
-        if outcome is Outcome.APPROVAL_REQUIRED:
-            # With no approval service every approval_required stays unapproved: fail closed.
-            return Outcome.APPROVAL_REQUIRED, False
-        return outcome, False
+        self,
+        outcome: Outcome,
+        reasons: tuple[str, ...],
+        call: CallRequest,
+        task: Task,
+        *,
+        args_digest: str,
+        quorum: int,
+        mode: Mode,
+    ) -> ApprovalStep:
+        # With no approval service every approval_required stays unapproved: fail closed.
+        return ApprovalStep(outcome, reasons)
 
 
 class NoLeases:
@@ -328,7 +353,10 @@ class Pipeline:
                 now=now,
             )
         )
-        if check.violations or monitor_reasons or not result.allowed:
+        if not check.violations and not monitor_reasons and result.approval_reasons:
+            # Only approval policies said no: a human may consent to this one call.
+            reasons, outcome = result.approval_reasons, Outcome.APPROVAL_REQUIRED
+        elif check.violations or monitor_reasons or not result.allowed:
             # A deny names what denied: mandate checks, monitor, then the forbidding policies.
             policy_reasons = () if result.allowed else result.reasons
             reasons = tuple(dict.fromkeys(check.violations + monitor_reasons + policy_reasons))
@@ -338,8 +366,19 @@ class Pipeline:
         ctx["shadow_policies"] = list(result.shadow_reasons)
 
         # 6. Approval.
-        outcome, approved = self.approvals.resolve(outcome, reasons, call, task)
-        ctx["approved"] = approved
+        step = self.approvals.resolve(
+            outcome,
+            reasons,
+            call,
+            task,
+            args_digest=args_digest,
+            quorum=result.approval_quorum,
+            mode=mode,
+        )
+        outcome, reasons = step.outcome, step.reasons
+        ctx["approved"] = step.approved
+        if step.approval_id is not None:
+            ctx["approval"] = step.approval_id
         return self._finish(
             ctx=ctx,
             decision_id=decision_id,
@@ -352,6 +391,7 @@ class Pipeline:
             policy_version=result.version,
             call=call,
             result=result,
+            approval_id=step.approval_id,
         )
 
     def _finish(
@@ -368,6 +408,7 @@ class Pipeline:
         policy_version: str,
         call: CallRequest,
         result: PolicyResult | None = None,
+        approval_id: str | None = None,
     ) -> Decision:
         # An unknown tool is denied even in shadow mode: there is nothing to decide it by.
         allowed = spec is not None and (outcome is Outcome.ALLOW or mode is Mode.SHADOW)
@@ -414,6 +455,7 @@ class Pipeline:
             obligations=obligations,
             shadow_reasons=result.shadow_reasons if result else (),
             audit_seq=record.seq,
+            approval_id=approval_id,
         )
 
     # ------------------------------------------------------------------ helpers

@@ -24,6 +24,14 @@ extra or mistyped attribute is a request error (``NoDecision``), never a
 silently skipped policy; it and any evaluation error deny with
 ``policy-error``.
 
+Approval policies (``@approval("required")``, optionally with ``@quorum("2")``,
+1 to 5) are forbids whose only effect is to demand a human approval: when every
+forbid that decided a deny is an approval policy (and Cedar reported no error),
+the result lists them in ``approval_reasons`` with the largest quorum they ask
+for, and the pipeline answers ``approval_required`` instead of ``deny``. The
+result itself stays ``allowed=False``: an approval is applied at pipeline step
+6, never by policy. A permit carrying ``@approval`` is refused at load.
+
 Shadow policies (``@mode("shadow")``) never decide. When a slice holds any, the
 request is evaluated a second time with them included and the shadow forbids
 that would have fired are reported in ``shadow_reasons``.
@@ -129,6 +137,8 @@ class PolicyResult:
     version: str
     shadow_reasons: tuple[str, ...] = ()
     evaluated: int = 0
+    approval_reasons: tuple[str, ...] = ()  # every deciding forbid asks for approval
+    approval_quorum: int = 0  # the largest quorum they ask for (0: no approval path)
 
 
 def explain(result: PolicyResult) -> str:
@@ -160,6 +170,7 @@ class _Policy:
     source: str  # the file it came from
     shadow: bool
     actions: frozenset[str] | None  # None: any action
+    quorum: int  # 0: not an approval policy; else @approval("required") with this quorum
     resource: tuple[str, str]  # (_ANY, ""), ("tool", name) or ("group", name)
     est: str  # the policy in Cedar's JSON (EST) form, compact
 
@@ -182,6 +193,7 @@ class _Compiled:
     index: Mapping[tuple[str, str, str], tuple[int, ...]]
     slices: dict[tuple[str, str], _Slice]
     by_members: dict[tuple[int, ...], _Slice]
+    approvals: Mapping[str, int]  # approval policy id -> quorum
 
     def slice_for(self, action: str, tool: str) -> _Slice:
         key = (action, tool)
@@ -326,6 +338,18 @@ class PolicyEngine:
             allowed = True
             reasons = outcome.reasons
 
+        approval_reasons: tuple[str, ...] = ()
+        quorum = 0
+        if (
+            not allowed
+            and not outcome.errors
+            and outcome.decision == "Deny"
+            and outcome.reasons
+            and all(r in compiled.approvals for r in outcome.reasons)
+        ):
+            approval_reasons = outcome.reasons
+            quorum = max(compiled.approvals[r] for r in outcome.reasons)
+
         shadow: tuple[str, ...] = ()
         if chosen.full is not None:
             shadow = _shadow_reasons(
@@ -339,6 +363,8 @@ class PolicyEngine:
             version=compiled.version,
             shadow_reasons=shadow,
             evaluated=chosen.size,
+            approval_reasons=approval_reasons,
+            approval_quorum=quorum,
         )
 
     # ---- internals
@@ -388,6 +414,7 @@ class PolicyEngine:
             index={key: tuple(value) for key, value in index.items()},
             slices={},
             by_members={},
+            approvals={p.id: p.quorum for p in policies if p.quorum and not p.shadow},
         )
 
     def _read_source(
@@ -436,12 +463,28 @@ class PolicyEngine:
             if mode not in _MODES:
                 problems.append(f'{name}: {policy_id}: @mode must be "enforce" or "shadow"')
                 continue
+            approval = annotations.get("approval")
+            quorum_text = annotations.get("quorum")
+            quorum = 0
+            if approval is not None or quorum_text is not None:
+                if approval != "required" or est.get("effect") != "forbid":
+                    problems.append(
+                        f'{name}: {policy_id}: @approval("required") goes on a forbid only'
+                    )
+                    continue
+                quorum = 1
+                if quorum_text is not None:
+                    if quorum_text not in {"1", "2", "3", "4", "5"}:
+                        problems.append(f"{name}: {policy_id}: @quorum must be 1 to 5")
+                        continue
+                    quorum = int(quorum_text)
             ests[policy_id] = est
             policies.append(
                 _Policy(
                     id=policy_id,
                     source=name,
                     shadow=mode == "shadow",
+                    quorum=quorum,
                     actions=_action_scope(est.get("action")),
                     resource=_resource_scope(est.get("resource")),
                     est=json.dumps(est, separators=(",", ":"), ensure_ascii=False),

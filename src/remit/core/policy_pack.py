@@ -9,6 +9,17 @@ the engine uses it as the Cedar policy id, so decision reasons read
 ``exfiltration-after-untrusted-read`` rather than ``policy5``. A policy may also
 carry ``@mode("shadow")``: it is evaluated and reported but never decides.
 
+Approvals: a forbid annotated ``@approval("required")`` (optionally with
+``@quorum("n")``, n from 1 to 5, default 1) demands a human approval of the
+exact call instead of denying it. When every forbid that fired is an approval
+policy, the decision is ``approval_required``; the agent repeats the exact call
+with the approval id once ``n`` distinct approvers have approved it (pipeline
+step 6), and it is allowed once. Any other forbid that fires makes it a plain
+deny. The baseline ``approval-high-risk-act`` asks for approval of every act on
+a tool with the catalog risk tag ``payment`` or ``approval``. The context
+attribute ``approved`` is always false at evaluation: an approval is applied
+after policy, never by it, so no policy can be written to trust one.
+
 Context values are plain Cedar values built by the pipeline:
 
 * sensitivities are ``Long`` on the lattice ``0 public < 1 internal <
@@ -163,6 +174,15 @@ when {
   (!context.destinations_outside.isEmpty() ||
    !context.destinations_by_pattern.isEmpty())
 };
+
+// High-risk acts need a human approval of the one exact call (pipeline step 6).
+@id("approval-high-risk-act")
+@approval("required")
+forbid (principal, action == Action::"act", resource)
+when {
+  resource has risk &&
+  (resource.risk.contains("payment") || resource.risk.contains("approval"))
+};
 """
 
 BASELINE_IDS: Final[tuple[str, ...]] = (
@@ -173,5 +193,6 @@ BASELINE_IDS: Final[tuple[str, ...]] = (
     "budget-exhausted",
     "exfiltration-after-untrusted-read",
     "exfiltration-after-confidential-read",
+    "approval-high-risk-act",
 )
 """The ``@id`` of every baseline policy, in file order (checked by the tests)."""

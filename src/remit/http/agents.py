@@ -9,14 +9,15 @@ import binascii
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
-from remit.errors import InvalidRequest, RemitError
-from remit.http.auth import AgentCall, agent
+from remit.errors import InvalidProof, InvalidRequest, RemitError
+from remit.http.auth import PROOF_HEADER, AgentCall, agent, check_public_url, request_url
 from remit.http.metrics import Metrics
 from remit.http.problems import BODY_ERRORS, documented
 from remit.http.wire import (
+    TASK_TOKEN_TYPE,
     AttestationOut,
     AttestRequest,
     AuthorizeRequest,
@@ -26,6 +27,8 @@ from remit.http.wire import (
     EmptyRequest,
     OpenTaskRequest,
     TaskGrantOut,
+    TokenExchangeOut,
+    TokenExchangeRequest,
     attestation_out,
     decision_out,
     grant_out,
@@ -33,11 +36,13 @@ from remit.http.wire import (
 from remit.service import Remit
 
 EmptyBody = Annotated[EmptyRequest | None, Body()]
+ACTOR_PROOF_HEADER = "Remit-Actor-Proof"
 
 
 def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
     """Add the attestation and agent routes to ``router`` (whose route class is strict)."""
     caller = agent(remit)
+    public_url = check_public_url(remit.settings.public_url)
 
     @router.post(
         "/v1/attest/challenge",
@@ -95,6 +100,44 @@ def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
             binding=call.binding,
         )
         return grant_out(grant)
+
+    @router.post(
+        "/oauth/token",
+        tags=["agents"],
+        response_model=TokenExchangeOut,
+        responses=documented(*BODY_ERRORS, 401, 403, 404, 503),
+        summary="Delegate a narrower sub-task to another agent (RFC 8693 token exchange)",
+    )
+    def token_exchange(
+        request: Request,
+        body: TokenExchangeRequest,
+        subject_proof: Annotated[str | None, Header(alias=PROOF_HEADER)] = None,
+        actor_proof: Annotated[str | None, Header(alias=ACTOR_PROOF_HEADER)] = None,
+    ) -> TokenExchangeOut:
+        # A signs with its key over its task token, B with its key over its identity token;
+        # both proofs name this request's method and URL.
+        if not subject_proof or not actor_proof:
+            raise InvalidProof(
+                f"{PROOF_HEADER} and {ACTOR_PROOF_HEADER} are both required", reason="missing_proof"
+            )
+        binding = (request.method, request_url(request, public_url))
+        grant = remit.delegate(
+            body.subject_token,
+            subject_proof,
+            body.actor_token,
+            actor_proof,
+            narrowing=body.remit_mandate,
+            binding=binding,
+            actor_binding=binding,
+        )
+        out = grant_out(grant)
+        return TokenExchangeOut(
+            **out.model_dump(),
+            access_token=grant.task_token,
+            issued_token_type=TASK_TOKEN_TYPE,
+            token_type="N_A",  # noqa: S106 - RFC 8693: not a bearer token
+            expires_in=max(0, int(grant.expires_at - time.time())),
+        )
 
     @router.post(
         "/v1/tasks/end",

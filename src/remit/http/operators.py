@@ -19,7 +19,7 @@ from remit.core.catalog import catalog_from_data
 from remit.core.policy import PolicySource
 from remit.core.policy_cases import evaluate_case, parse_cases
 from remit.errors import InvalidRequest, PolicyInvalid
-from remit.http.auth import operator
+from remit.http.auth import OperatorCredentials, operator
 from remit.http.problems import BODY_ERRORS, documented
 from remit.http.wire import (
     AGENT_NAME_PATTERN,
@@ -27,6 +27,8 @@ from remit.http.wire import (
     AdminTokensOut,
     AgentOut,
     AgentsOut,
+    ApprovalOut,
+    ApprovalsOut,
     AuditPageOut,
     CatalogManifest,
     CatalogOut,
@@ -54,8 +56,10 @@ from remit.http.wire import (
     ValidationOut,
     VerifyOut,
     VersionOut,
+    VoteRequest,
     admin_token_out,
     agent_out,
+    approval_out,
     catalog_out,
     explain_out,
     policy_version_out,
@@ -101,6 +105,10 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/admin-tokens"): "admin",
     ("POST", "/v1/admin-tokens"): "admin",
     ("DELETE", "/v1/admin-tokens/{token_id}"): "admin",
+    ("GET", "/v1/approvals"): "approver",
+    ("GET", "/v1/approvals/{approval_id}"): "approver",
+    ("POST", "/v1/approvals/{approval_id}/approve"): "approver",
+    ("POST", "/v1/approvals/{approval_id}/deny"): "approver",
 }
 SCOPE_EXTENSION: Final = "x-remit-scope"
 TASK_ID_CONVERTOR: Final = "remit_task_id"
@@ -129,6 +137,11 @@ Filter = Annotated[str | None, Query(max_length=2048)]
 Seconds = Annotated[float | None, Query(allow_inf_nan=False, ge=0, le=1e11)]
 AfterSeq = Annotated[int, Query(ge=0, le=_MAX_SEQ)]
 ReasonBody = Annotated[ReasonRequest | None, Body()]
+VoteBody = Annotated[VoteRequest | None, Body()]
+ApprovalStatusFilter = Annotated[
+    str | None, Query(pattern="^(pending|approved|denied|consumed)$", max_length=16)
+]
+ApprovalLimit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def add_operator_routes(router: APIRouter, remit: Remit) -> None:
@@ -225,6 +238,55 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
     def revoke_task(task_id: IdParam, body: ReasonBody = None) -> ClosedOut:
         reason = body.reason if body else "operator"
         return ClosedOut(closed=remit.revoke_task(task_id, reason=reason))
+
+    # ------------------------------------------------------------------ approvals
+    def approver_identity(credentials: OperatorCredentials) -> AdminIdentity:
+        # The route dependency has checked the scope already; this names who votes.
+        return remit.authenticate_admin(credentials.credentials if credentials else None)
+
+    @route("GET", "/v1/approvals", response_model=ApprovalsOut)
+    def list_approvals(
+        status: ApprovalStatusFilter = None, limit: ApprovalLimit = 100
+    ) -> ApprovalsOut:
+        now = remit.clock.now()
+        found = remit.list_approvals(status=status, limit=limit)
+        return ApprovalsOut(approvals=[approval_out(a, now) for a in found])
+
+    @route("GET", "/v1/approvals/{approval_id}", 404, response_model=ApprovalOut)
+    def get_approval(approval_id: IdParam) -> ApprovalOut:
+        return approval_out(remit.get_approval(approval_id), remit.clock.now())
+
+    @route(
+        "POST",
+        "/v1/approvals/{approval_id}/approve",
+        *BODY_ERRORS,
+        404,
+        409,
+        response_model=ApprovalOut,
+    )
+    def approve(
+        approval_id: IdParam,
+        who: Annotated[AdminIdentity, Depends(approver_identity)],
+        body: VoteBody = None,
+    ) -> ApprovalOut:
+        done = remit.approve(approval_id, by=who, reason=body.reason if body else "")
+        return approval_out(done, remit.clock.now())
+
+    @route(
+        "POST",
+        "/v1/approvals/{approval_id}/deny",
+        *BODY_ERRORS,
+        404,
+        409,
+        response_model=ApprovalOut,
+    )
+    def deny(
+        approval_id: IdParam,
+        who: Annotated[AdminIdentity, Depends(approver_identity)],
+        body: VoteBody = None,
+    ) -> ApprovalOut:
+        done = remit.deny(approval_id, by=who, reason=body.reason if body else "")
+        return approval_out(done, remit.clock.now())
 
     # ------------------------------------------------------------------ catalog
     @route("GET", "/v1/catalog", response_model=CatalogOut)

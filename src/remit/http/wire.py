@@ -7,10 +7,11 @@ them again. Responses are built from the core's frozen dataclasses by the
 """
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from remit.core.approvals import Approval
 from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import ToolSpec
 from remit.core.identity import Agent, Principal
@@ -129,6 +130,32 @@ class TaskGrantOut(Response):
     notes: list[str]
 
 
+# Names of token types, not secrets.
+TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+TASK_TOKEN_TYPE: Final = "urn:remit:params:oauth:token-type:task"  # noqa: S105
+IDENTITY_TOKEN_TYPE: Final = "urn:remit:params:oauth:token-type:identity"  # noqa: S105
+Token = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+
+
+class TokenExchangeRequest(Request):
+    """RFC 8693 token exchange, as JSON: A's task token (subject) and B's identity
+    token (actor), with ``remit_mandate``, the narrowing B's sub-task gets."""
+
+    grant_type: Literal["urn:ietf:params:oauth:grant-type:token-exchange"]
+    subject_token: Token
+    subject_token_type: Literal["urn:remit:params:oauth:token-type:task"]
+    actor_token: Token
+    actor_token_type: Literal["urn:remit:params:oauth:token-type:identity"]
+    remit_mandate: Json
+
+
+class TokenExchangeOut(TaskGrantOut):
+    access_token: str  # the child task token (also ``task_token``)
+    issued_token_type: Literal["urn:remit:params:oauth:token-type:task"]
+    token_type: Literal["N_A"]  # RFC 8693: not a bearer token; every use needs B's proof
+    expires_in: int
+
+
 class ClosedOut(Response):
     closed: list[str]
 
@@ -161,6 +188,7 @@ class DecisionOut(Response):
     shadow_reasons: list[str]
     audit_seq: int
     explanation: str
+    approval_id: str | None = None  # the request to approve, or the approval used
 
 
 # --------------------------------------------------------------------------- operators
@@ -192,6 +220,42 @@ class AgentsOut(Response):
 
 class ReasonRequest(Request):
     reason: Reason = "operator"
+
+
+class VoteRequest(Request):
+    reason: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
+class VoteOut(Response):
+    approver: str
+    approve: bool
+    reason: str
+    at: float
+
+
+class ApprovalOut(Response):
+    """What an approver sees: the exact call, from server data (the arguments included)."""
+
+    approval_id: str
+    status: str  # pending, approved, denied, consumed, or expired
+    task_id: str
+    agent_id: str
+    instance_id: str
+    principal_id: str
+    tool: str
+    args_digest: str
+    arguments: Json
+    reasons: list[str]
+    quorum: int
+    votes: list[VoteOut]
+    created_at: float
+    expires_at: float
+    decided_at: float | None
+    consumed_at: float | None
+
+
+class ApprovalsOut(Response):
+    approvals: list[ApprovalOut]
 
 
 class ModeRequest(Request):
@@ -449,6 +513,7 @@ def decision_out(decision: Decision) -> DecisionOut:
         shadow_reasons=list(decision.shadow_reasons),
         audit_seq=decision.audit_seq,
         explanation=decision.explain(),
+        approval_id=decision.approval_id,
     )
 
 
@@ -573,4 +638,28 @@ def admin_token_out(record: AdminTokenRecord) -> AdminTokenOut:
         created_at=record.created_at,
         expires_at=record.expires_at,
         revoked_at=record.revoked_at,
+    )
+
+
+def approval_out(approval: Approval, now: float) -> ApprovalOut:
+    return ApprovalOut(
+        approval_id=approval.approval_id,
+        status=approval.effective_status(now),
+        task_id=approval.task_id,
+        agent_id=approval.agent_id,
+        instance_id=approval.instance_id,
+        principal_id=approval.principal_id,
+        tool=approval.tool,
+        args_digest=approval.args_digest,
+        arguments=dict(approval.arguments),
+        reasons=list(approval.reasons),
+        quorum=approval.quorum,
+        votes=[
+            VoteOut(approver=v.approver, approve=v.approve, reason=v.reason, at=v.at)
+            for v in approval.votes
+        ],
+        created_at=approval.created_at,
+        expires_at=approval.expires_at,
+        decided_at=approval.decided_at,
+        consumed_at=approval.consumed_at,
     )

@@ -179,6 +179,40 @@ tool_pins = Table(
 )
 
 
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("task_id", String(128), nullable=False, index=True),
+    Column("agent_id", String(2048), nullable=False),
+    Column("instance_id", String(128), nullable=False),
+    Column("principal_id", String(256), nullable=False),
+    Column("tool", String(128), nullable=False),
+    Column("args_digest", String(80), nullable=False),
+    Column("binding", String(80), nullable=False, index=True),
+    Column("arguments", Text, nullable=False),  # canonical JSON, shown to approvers only
+    Column("reasons", Text, nullable=False),  # JSON list of policy ids
+    Column("quorum", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("decided_at", Float, nullable=True),
+    Column("consumed_at", Float, nullable=True),
+    Index("ix_approvals_status_created", "status", "created_at"),
+)
+
+# One row per approver and approval: the primary key makes approvers distinct.
+approval_votes = Table(
+    "approval_votes",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("approver", String(128), primary_key=True),
+    Column("approve", Boolean, nullable=False),
+    Column("reason", String(256), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
@@ -191,5 +225,14 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[tool_pins])
 
 
+def _v4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[approvals, approval_votes])
+
+
 # Forward-only: append new steps, never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1),
+    (2, _v2),
+    (3, _v3),
+    (4, _v4),
+]

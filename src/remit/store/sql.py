@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from remit.canonical import canonical_bytes_unchecked
+from remit.core.approvals import Approval, ApprovalStatus, Vote
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
@@ -432,6 +433,46 @@ class SqlStore:
                 frontier.extend(children)
         return ended
 
+    def reserve_budget(self, task_id: str, calls: int) -> bool:
+        """Carve ``calls`` out of an open task's remaining budget (for a delegated child),
+        atomically: False, and nothing changed, if fewer are left."""
+        c = t.tasks.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.tasks)
+                .where(
+                    c.task_id == task_id,
+                    c.status == TaskStatus.OPEN.value,
+                    c.calls_used + calls <= c.call_budget,
+                )
+                .values(calls_used=c.calls_used + calls)
+            )
+            return done.rowcount == 1
+
+    def join_taint(self, task_id: str, taint: Labels) -> None:
+        """Join ``taint`` into a task's taint (max level, union of flags), in SQL."""
+        c = t.tasks.c
+        with self._tx() as conn:
+            conn.execute(
+                update(t.tasks)
+                .where(c.task_id == task_id)
+                .values(
+                    taint_level=case(
+                        (c.taint_level < int(taint.sensitivity), int(taint.sensitivity)),
+                        else_=c.taint_level,
+                    ),
+                    taint_flags=c.taint_flags.bitwise_or(_flag_bits(taint)),
+                )
+            )
+
+    def open_task_ids(self, agent_id: str) -> list[str]:
+        c = t.tasks.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.task_id).where(c.agent_id == agent_id, c.status == TaskStatus.OPEN.value)
+            )
+            return [str(r) for r in rows.scalars().all()]
+
     def expire_tasks(self, now: float) -> list[str]:
         c = t.tasks.c
         with self._tx() as conn:
@@ -661,6 +702,155 @@ class SqlStore:
                 update(t.admin_tokens)
                 .where(c.token_id == token_id, c.revoked_at.is_(None))
                 .values(revoked_at=now)
+            )
+            return done.rowcount == 1
+
+    # ------------------------------------------------------------------ approvals
+    def insert_approval(self, approval: Approval) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.approvals).values(
+                    approval_id=approval.approval_id,
+                    task_id=approval.task_id,
+                    agent_id=approval.agent_id,
+                    instance_id=approval.instance_id,
+                    principal_id=approval.principal_id,
+                    tool=approval.tool,
+                    args_digest=approval.args_digest,
+                    binding=approval.binding,
+                    arguments=_dumps(dict(approval.arguments)),
+                    reasons=_dumps(list(approval.reasons)),
+                    quorum=approval.quorum,
+                    status=approval.status.value,
+                    created_at=approval.created_at,
+                    expires_at=approval.expires_at,
+                    decided_at=approval.decided_at,
+                    consumed_at=approval.consumed_at,
+                )
+            )
+
+    def _approval_from(self, conn: Connection, row: Any) -> Approval:
+        v = t.approval_votes.c
+        votes = conn.execute(
+            select(t.approval_votes).where(v.approval_id == row.approval_id).order_by(v.at)
+        ).all()
+        return Approval(
+            approval_id=row.approval_id,
+            task_id=row.task_id,
+            agent_id=row.agent_id,
+            instance_id=row.instance_id,
+            principal_id=row.principal_id,
+            tool=row.tool,
+            args_digest=row.args_digest,
+            binding=row.binding,
+            arguments=json.loads(row.arguments),
+            reasons=tuple(json.loads(row.reasons)),
+            quorum=row.quorum,
+            status=ApprovalStatus(row.status),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            votes=tuple(Vote(x.approver, bool(x.approve), x.reason, x.at) for x in votes),
+            decided_at=row.decided_at,
+            consumed_at=row.consumed_at,
+        )
+
+    def get_approval(self, approval_id: str) -> Approval | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.approvals).where(t.approvals.c.approval_id == approval_id)
+            ).first()
+            return self._approval_from(conn, row) if row else None
+
+    def find_open_approval(self, binding: str, now: float) -> Approval | None:
+        """A pending, unexpired request for this exact call, to reuse instead of a new one."""
+        c = t.approvals.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.approvals)
+                .where(
+                    c.binding == binding,
+                    c.status == ApprovalStatus.PENDING.value,
+                    c.expires_at > now,
+                )
+                .order_by(c.created_at.desc())
+                .limit(1)
+            ).first()
+            return self._approval_from(conn, row) if row else None
+
+    def list_approvals(self, *, status: str | None = None, limit: int = 100) -> list[Approval]:
+        c = t.approvals.c
+        query = select(t.approvals).order_by(c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(c.status == status)
+        with self._tx() as conn:
+            return [self._approval_from(conn, r) for r in conn.execute(query).all()]
+
+    def vote_approval(
+        self, approval_id: str, vote: Vote, now: float
+    ) -> tuple[bool, ApprovalStatus | None]:
+        """Record one approver's vote and, atomically, its effect on the status.
+
+        A denial ends a pending request; an approval that brings the distinct
+        approvers up to the quorum makes it approved. Returns (recorded, new
+        status): ``recorded`` is False if this approver has voted already or the
+        request is no longer pending (nothing is changed then).
+        """
+        try:
+            return self._vote(approval_id, vote, now)
+        except IntegrityError:  # this approver's vote is there already (or a racing change)
+            return False, None
+
+    def _vote(self, approval_id: str, vote: Vote, now: float) -> tuple[bool, ApprovalStatus | None]:
+        c, v = t.approvals.c, t.approval_votes.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(c.quorum, c.status).where(c.approval_id == approval_id)
+            ).first()
+            if row is None or row.status != ApprovalStatus.PENDING.value:
+                return False, None
+            conn.execute(
+                insert(t.approval_votes).values(
+                    approval_id=approval_id,
+                    approver=vote.approver,
+                    approve=vote.approve,
+                    reason=vote.reason,
+                    at=vote.at,
+                )
+            )
+            if not vote.approve:
+                new = ApprovalStatus.DENIED
+            else:
+                count = conn.execute(
+                    select(func.count())
+                    .select_from(t.approval_votes)
+                    .where(v.approval_id == approval_id, v.approve.is_(True))
+                ).scalar_one()
+                if count < row.quorum:
+                    return True, ApprovalStatus.PENDING
+                new = ApprovalStatus.APPROVED
+            done = conn.execute(
+                update(t.approvals)
+                .where(c.approval_id == approval_id, c.status == ApprovalStatus.PENDING.value)
+                .values(status=new.value, decided_at=now)
+            )
+            if done.rowcount != 1:  # changed under us: roll the vote back too
+                raise IntegrityError("approval changed concurrently", None, Exception())
+            return True, new
+
+    def consume_approval(self, approval_id: str, binding: str, now: float) -> bool:
+        """Use an approved request once: a conditional update, so of any number of
+        concurrent uses exactly one succeeds."""
+        c = t.approvals.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.approvals)
+                .where(
+                    c.approval_id == approval_id,
+                    c.binding == binding,
+                    c.status == ApprovalStatus.APPROVED.value,
+                    c.expires_at > now,
+                )
+                .values(status=ApprovalStatus.CONSUMED.value, consumed_at=now)
             )
             return done.rowcount == 1
 
