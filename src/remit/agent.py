@@ -116,7 +116,11 @@ class AgentSession:
     def proof(self, token: str, op: str, body: Any, *, endpoint: str = "authorize") -> str:
         """Sign a fresh, single-use proof for operation ``op`` (a tool name, or a Remit
         operation) over ``body``, bound to the endpoint's method and URL over HTTP."""
-        binding = self._remit.proof_binding(endpoint)
+        return self.sign_proof(token, op, body, binding=self._remit.proof_binding(endpoint))
+
+    def sign_proof(self, token: str, op: str, body: Any, *, binding: tuple[str, str] | None) -> str:
+        """A proof bound to an explicit (method, URL), for a transport that is not Remit's
+        own (e.g. an MCP gateway). The instance key never leaves this session."""
         return make_call_proof(
             self._key,
             token=token,

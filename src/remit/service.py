@@ -43,7 +43,7 @@ from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Pipeline
 from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
-from remit.core.tokens import IdentityClaims, TokenService, thaw, verify_call_proof
+from remit.core.tokens import IdentityClaims, TaskClaims, TokenService, thaw, verify_call_proof
 from remit.errors import (
     Conflict,
     Denied,
@@ -1073,6 +1073,22 @@ class Remit:
         if record is None:
             raise NotFound("no such policy version", reason="unknown_policy_version")
         return self.load_policies([PolicySource(n, t) for n, t in sorted(record.sources.items())])
+
+    def check_task_request(
+        self,
+        *,
+        task_token: str,
+        proof: str,
+        op: str,
+        body: Any,
+        binding: tuple[str, str] | None = None,
+        consume: bool = True,
+    ) -> TaskClaims:
+        """Authenticate a task-token request that is not itself a decided tool call (e.g. an
+        MCP ``tools/list`` at a gateway): token, proof over ``op`` and ``body``, open task."""
+        return self.pipeline.check_task_request(
+            task_token=task_token, proof=proof, op=op, body=body, binding=binding, consume=consume
+        )
 
     # ------------------------------------------------------------------ keys and emergency stops
     def rotate_signing_keys(self) -> str:

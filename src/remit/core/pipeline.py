@@ -25,7 +25,7 @@ from remit.core.labels import Labels
 from remit.core.mandate import MandateCheck, check_call, classify_destinations
 from remit.core.policy import PolicyEngine, PolicyRequest, PolicyResult
 from remit.core.tasks import Task, TaskStatus
-from remit.core.tokens import TaskClaims, TokenService, verify_call_proof
+from remit.core.tokens import ProofClaims, TaskClaims, TokenService, verify_call_proof
 from remit.errors import (
     InvalidProof,
     InvalidRequest,
@@ -270,47 +270,15 @@ class Pipeline:
         ctx["args_digest"] = args_digest
         claims = self.tokens.verify_task(call.task_token)
         ctx.update(task=claims.task_id, agent=claims.agent_id, instance=claims.instance_id)
-        instance = self._instance_for(claims)
-        if not isinstance(call.proof, str) or len(call.proof) > MAX_PROOF_BYTES:
-            raise InvalidProof("the call proof is malformed", reason="malformed")
-        proof = verify_call_proof(
-            call.proof,
-            public_key=self._public_key(instance),
-            token=call.task_token,
-            tool=tool,
-            args_digest=args_digest,
-            now=now,
-            max_age=self.proof_max_age,
-            leeway=self.proof_leeway,
-            htm=call.binding[0] if call.binding else None,
-            htu=call.binding[1] if call.binding else None,
+        instance, proof = self._verify_proof(
+            claims, call.task_token, call.proof, tool, args_digest, call.binding, now
         )
         # The jti is remembered in the same transaction that records the call (see _finish):
         # of two concurrent uses of one proof, exactly one commits.
         ctx["_jti"] = (proof.jti, proof.issued_at + self.proof_max_age + 2 * self.proof_leeway)
 
         # 2. Load state: task open and matching the token, agent active, no revoked ancestor.
-        task = self.state.get_task(claims.task_id)
-        if (
-            task is None
-            or task.agent_id != claims.agent_id
-            or task.instance_id != claims.instance_id
-        ):
-            raise InvalidToken("the token names no such task", reason="unknown_task")
-        status = task.effective_status(now)
-        if status is TaskStatus.EXPIRED:
-            raise TokenExpired("the task has expired", reason="task_expired")
-        if status is not TaskStatus.OPEN:
-            raise TokenRevoked("the task has ended", reason=f"task_{status.value}")
-        if task.mandate_digest != claims.mandate_digest:
-            raise InvalidToken(
-                "the token does not match the task's mandate", reason="mandate_mismatch"
-            )
-        agent = self.state.get_agent(task.agent_id)
-        if agent is None or agent.status is not AgentStatus.ACTIVE:
-            raise TokenRevoked("the agent is not active", reason="agent_inactive")
-        if not self.state.ancestors_open(task, now):
-            raise TokenRevoked("a parent task has ended", reason="ancestor_ended")
+        task, agent = self._open_task_state(claims, now)
         ctx["principal"] = task.principal_id
 
         # 3. Mandate. A tool missing from the catalog is denied, never guessed.
@@ -457,6 +425,89 @@ class Pipeline:
             audit_seq=record.seq,
             approval_id=approval_id,
         )
+
+    # ------------------------------------------------------------------ steps 1 and 2, reusable
+    def check_task_request(
+        self,
+        *,
+        task_token: str,
+        proof: str,
+        op: str,
+        body: Any,
+        binding: tuple[str, str] | None,
+        consume: bool = True,
+    ) -> TaskClaims:
+        """Steps 1 and 2 for a request that is not itself a tool call (e.g. an MCP
+        ``tools/list`` through a gateway): the task token, a proof over ``op`` and
+        ``body``, and an open task. With ``consume`` the proof is used up; a gateway's
+        pre-check of a tool call leaves it for ``authorize``. Raises on any failure."""
+        now = self.clock.now()
+        claims = self.tokens.verify_task(task_token)
+        body_digest = digest(body, ARGUMENT_LIMITS)
+        _, checked = self._verify_proof(claims, task_token, proof, op, body_digest, binding, now)
+        task, _ = self._open_task_state(claims, now)
+        if consume:
+            fresh, _ = self.state.record_call(
+                task_id=task.task_id,
+                jti=checked.jti,
+                jti_expires_at=checked.issued_at + self.proof_max_age + 2 * self.proof_leeway,
+                consume=False,
+                taint=Labels(),
+            )
+            if not fresh:
+                raise InvalidProof("this proof was used before", reason="replayed")
+        return claims
+
+    def _verify_proof(
+        self,
+        claims: TaskClaims,
+        token: str,
+        proof: object,
+        op: str,
+        args_digest: str,
+        binding: tuple[str, str] | None,
+        now: float,
+    ) -> tuple[Instance, ProofClaims]:
+        instance = self._instance_for(claims)
+        if not isinstance(proof, str) or len(proof) > MAX_PROOF_BYTES:
+            raise InvalidProof("the call proof is malformed", reason="malformed")
+        checked = verify_call_proof(
+            proof,
+            public_key=self._public_key(instance),
+            token=token,
+            tool=op,
+            args_digest=args_digest,
+            now=now,
+            max_age=self.proof_max_age,
+            leeway=self.proof_leeway,
+            htm=binding[0] if binding else None,
+            htu=binding[1] if binding else None,
+        )
+        return instance, checked
+
+    def _open_task_state(self, claims: TaskClaims, now: float) -> tuple[Task, Agent]:
+        task = self.state.get_task(claims.task_id)
+        if (
+            task is None
+            or task.agent_id != claims.agent_id
+            or task.instance_id != claims.instance_id
+        ):
+            raise InvalidToken("the token names no such task", reason="unknown_task")
+        status = task.effective_status(now)
+        if status is TaskStatus.EXPIRED:
+            raise TokenExpired("the task has expired", reason="task_expired")
+        if status is not TaskStatus.OPEN:
+            raise TokenRevoked("the task has ended", reason=f"task_{status.value}")
+        if task.mandate_digest != claims.mandate_digest:
+            raise InvalidToken(
+                "the token does not match the task's mandate", reason="mandate_mismatch"
+            )
+        agent = self.state.get_agent(task.agent_id)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            raise TokenRevoked("the agent is not active", reason="agent_inactive")
+        if not self.state.ancestors_open(task, now):
+            raise TokenRevoked("a parent task has ended", reason="ancestor_ended")
+        return task, agent
 
     # ------------------------------------------------------------------ helpers
     def _instance_for(self, claims: TaskClaims) -> Instance:

@@ -21,9 +21,6 @@ from typing import Any
 import httpx2
 
 from remit.agent import TaskSession
-from remit.canonical import digest
-from remit.core.pipeline import ARGUMENT_LIMITS
-from remit.core.tokens import make_call_proof
 from remit.gateway.names import PROOF_HEADER, catalog_name, mcp_op
 
 
@@ -56,17 +53,8 @@ class RemitProofAuth(httpx2.Auth):
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
         op, value = what_to_sign(request.content, request.method)
         url = request.url.copy_with(query=None, fragment=None)
-        agent = self._task.agent
         token = self._task.token
-        proof = make_call_proof(
-            agent._key,  # the instance key never leaves the agent session
-            token=token,
-            tool=op,
-            args_digest=digest(value, ARGUMENT_LIMITS),
-            now=agent._clock.now(),
-            htm=request.method,
-            htu=str(url),
-        )
+        proof = self._task.agent.sign_proof(token, op, value, binding=(request.method, str(url)))
         request.headers["Authorization"] = f"Bearer {token}"
         request.headers[PROOF_HEADER] = proof
         yield request

@@ -16,9 +16,8 @@ A refusal is HTTP 401 (``WWW-Authenticate: Bearer error="invalid_token"``) with
 a JSON-RPC error naming the stable code, and one audit record. Only POST is
 served (405 otherwise): the gateway never pushes messages to the agent.
 
-The checks here reuse the service's own pieces (token service, state, proof
-verifier, replay store); a public ``Remit`` method for a non-call proof would
-let this module shrink to the transport part.
+The checks are the service's own (``Remit.check_task_request``, pipeline steps
+1 and 2); this module is the transport part.
 """
 
 from __future__ import annotations
@@ -35,19 +34,14 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from remit.canonical import check_json, digest
-from remit.core.identity import AgentStatus
-from remit.core.keys import load_public_jwk
+from remit.canonical import check_json
 from remit.core.pipeline import ARGUMENT_LIMITS, Decision
-from remit.core.tasks import TaskStatus
-from remit.core.tokens import TaskClaims, verify_call_proof
+from remit.core.tokens import TaskClaims
 from remit.errors import (
     InvalidProof,
     InvalidRequest,
     InvalidToken,
     RemitError,
-    TokenExpired,
-    TokenRevoked,
 )
 from remit.gateway.names import PROOF_HEADER, catalog_name, mcp_op
 from remit.service import Remit
@@ -91,72 +85,19 @@ class HttpCaller:
 
 
 class Authenticator:
-    """Checks a task token and proof against Remit's keys, state and replay store."""
+    """Checks a task token and proof through the service (pipeline steps 1 and 2)."""
 
     def __init__(self, remit: Remit) -> None:
         self.remit = remit
-        self._keys: dict[tuple[str, str], Any] = {}
-
-    def _claims(self, token: str) -> tuple[TaskClaims, Any]:
-        remit = self.remit
-        claims = remit.tokens.verify_task(token)
-        instance = remit.state.get_instance(claims.instance_id)
-        if instance is None or not instance.active or instance.agent_id != claims.agent_id:
-            raise InvalidToken("the instance is not active", reason="instance_inactive")
-        if instance.jkt != claims.jkt:
-            raise InvalidToken("the token is bound to another key", reason="key_mismatch")
-        key = self._keys.get((instance.instance_id, instance.jkt))
-        if key is None:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            key = load_public_jwk(dict(instance.public_jwk))
-            self._keys[(instance.instance_id, instance.jkt)] = key
-        return claims, key
-
-    def _check_task(self, claims: TaskClaims) -> None:
-        remit = self.remit
-        task = remit.state.get_task(claims.task_id)
-        if task is None or task.instance_id != claims.instance_id:
-            raise InvalidToken("the token names no such task", reason="unknown_task")
-        status = task.effective_status(remit.clock.now())
-        if status is TaskStatus.EXPIRED:
-            raise TokenExpired("the task has expired", reason="task_expired")
-        if status is not TaskStatus.OPEN:
-            raise TokenRevoked("the task has ended", reason=f"task_{status.value}")
-        if task.mandate_digest != claims.mandate_digest:
-            raise InvalidToken("the token does not match the task", reason="mandate_mismatch")
-        agent = remit.state.get_agent(task.agent_id)
-        if agent is None or agent.status is not AgentStatus.ACTIVE:
-            raise TokenRevoked("the agent is not active", reason="agent_inactive")
-        if not remit.state.ancestors_open(task, remit.clock.now()):
-            raise TokenRevoked("a parent task has ended", reason="ancestor_ended")
 
     def verify_request(
         self, token: str, proof: str, method: str, binding: tuple[str, str]
     ) -> TaskClaims:
         """A non-call request: token, open task, and a single-use proof over
         ``remit:mcp/<method>`` and ``{}``."""
-        remit = self.remit
-        claims, key = self._claims(token)
-        self._check_task(claims)
-        now = remit.clock.now()
-        max_age = remit.pipeline.proof_max_age
-        checked = verify_call_proof(
-            proof,
-            public_key=key,
-            token=token,
-            tool=mcp_op(method),
-            args_digest=digest({}),
-            now=now,
-            max_age=max_age,
-            leeway=remit.pipeline.proof_leeway,
-            htm=binding[0],
-            htu=binding[1],
+        return self.remit.check_task_request(
+            task_token=token, proof=proof, op=mcp_op(method), body={}, binding=binding
         )
-        expires = checked.issued_at + max_age + 2 * remit.pipeline.proof_leeway
-        if not remit.store.remember_jti(checked.jti, expires, now):
-            raise InvalidProof("this proof was used before", reason="replayed")
-        return claims
 
     def precheck_call(
         self,
@@ -166,26 +107,15 @@ class Authenticator:
         arguments: object,
         binding: tuple[str, str],
     ) -> TaskClaims:
-        """A ``tools/call``: the token and the proof's signature, binding, tool and argument
-        digest. Not consumed here: the pipeline verifies it again and takes it."""
-        remit = self.remit
-        claims, key = self._claims(token)
+        """A ``tools/call``: the token, the open task and the proof's signature, binding,
+        tool and argument digest. Not consumed here: ``authorize`` checks it again and
+        takes it."""
         if not isinstance(arguments, Mapping):
             raise InvalidRequest("arguments must be an object", reason="bad_arguments")
         check_json(arguments, ARGUMENT_LIMITS, "arguments")
-        verify_call_proof(
-            proof,
-            public_key=key,
-            token=token,
-            tool=tool,
-            args_digest=digest(arguments, ARGUMENT_LIMITS),
-            now=remit.clock.now(),
-            max_age=remit.pipeline.proof_max_age,
-            leeway=remit.pipeline.proof_leeway,
-            htm=binding[0],
-            htu=binding[1],
+        return self.remit.check_task_request(
+            task_token=token, proof=proof, op=tool, body=arguments, binding=binding, consume=False
         )
-        return claims
 
     def rejected(self, method: str, exc: RemitError) -> None:
         """The one audit record of a refused request."""
