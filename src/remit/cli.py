@@ -776,6 +776,60 @@ def catalog_validate(file: Path, json_output: JsonOption = False) -> None:
     )
 
 
+@catalog_app.command("import")
+def catalog_import(
+    from_gateway: Annotated[
+        Path,
+        typer.Option(
+            "--from-gateway", help="A gateway config file: propose entries from its upstreams."
+        ),
+    ],
+    output_file: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the proposal here.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Propose catalog entries from the upstream servers' tool lists, for a human to confirm.
+
+    The servers' hints (read-only, destructive, open-world) only suggest a privilege class;
+    nothing is loaded. Act tools get no destination arguments: name them before loading
+    (the catalog refuses an act tool that does not say where it sends).
+    """
+    import yaml
+
+    from remit.gateway import run as gateway_run
+
+    output = Output(json_output)
+    with _handled(output):
+        found = gateway_run.discover(gateway_run.load(from_gateway))
+    entries: list[dict[str, Any]] = []
+    for item in found:
+        definition = item["definition"]
+        entry: dict[str, Any] = {
+            "name": item["tool"],
+            "privilege": item["suggested_privilege"],
+            "description": (definition.get("description") or "")[:1000],
+            "labels": ["internal"],
+            "risk": ["needs-review"],
+        }
+        entries.append(entry)
+    header = (
+        "# Proposed by `remit catalog import --from-gateway`: the upstream servers' hints are\n"
+        "# suggestions only. Confirm each privilege (read/write/act), name the destination\n"
+        "# arguments of act tools and the output labels, then `remit catalog load` this file\n"
+        "# and pin the definitions with `remit gateway --admit`.\n"
+    )
+    text = header + yaml.safe_dump({"tools": entries}, sort_keys=False, allow_unicode=True)
+    if output_file is not None:
+        output_file.write_text(text, encoding="utf-8")
+    if json_output:
+        output.done({"tools": entries, "hints": {i["tool"]: i["hints"] for i in found}}, "")
+    elif output_file is None:
+        sys.stdout.write(text)
+    else:
+        output.note(f"proposed {len(entries)} catalog entr(y/ies) in {output_file}")
+
+
 @catalog_app.command("load")
 def catalog_load(
     file: Path,

@@ -61,3 +61,23 @@ def test_admit_pins_the_current_definition(world: World) -> None:
     ]
     code, _ = invoke(world, "--admit", "desk/nothing")
     assert code == 2
+
+
+def test_catalog_import_proposes_entries_for_a_human(world: World, tmp_path: object) -> None:
+    import yaml
+
+    from remit.core.catalog import catalog_from_data
+
+    env = {"CANARY": CANARY}
+    result = runner.invoke(
+        app, ["catalog", "import", "--from-gateway", str(world.write_config())], env=env
+    )
+    assert result.exit_code == 0, result.stdout
+    assert result.stdout.startswith("# Proposed by `remit catalog import --from-gateway`")
+    proposal = yaml.safe_load(result.stdout)
+    entries = {e["name"]: e for e in proposal["tools"]}
+    assert entries["time/get_current_time"]["privilege"] == "read"  # from the server's hint
+    assert all("needs-review" in e["risk"] for e in entries.values())
+    assert CANARY not in result.stdout
+    # Nothing is loaded; the read-only part of the proposal is a valid catalog as it stands.
+    catalog_from_data({"tools": [e for e in proposal["tools"] if e["privilege"] != "act"]})
