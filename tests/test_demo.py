@@ -28,6 +28,14 @@ def _check_output(text: str) -> None:
     assert "call after the task ended" in text and "REFUSED" in text
     assert "token_revoked" in text
     assert "audit chain intact" in text
+    # Issue 5: a narrower sub-task delegated, a widening refused, a refund that waits for
+    # a human, goes through once with the approval, and is refused when replayed.
+    flat = _flat(text)
+    assert "delegated:researchersearchestrackingALLOW" in flat
+    assert "delegatewithcrm/readaddedREFUSEDdenied:widens_tools" in flat
+    assert "refund49.99EURtoaliceWAITSapprovalrequiredbyapproval-high-risk-act" in flat
+    assert "refund,withtheapprovalALLOW" in flat
+    assert "thesamerefundagainDENYdeniedbyapproval_consumed" in flat
     assert "demo finished as expected" in text
 
 
@@ -78,5 +86,5 @@ def test_demo_serve_prints_how_to_reach_the_server(
     assert isinstance(jwks, dict) and jwks["keys"]
     agents = seen["agents"]
     assert isinstance(agents, dict)
-    assert [a["name"] for a in agents["agents"]] == ["support-assistant"]
+    assert [a["name"] for a in agents["agents"]] == ["order-researcher", "support-assistant"]
     assert seen["anonymous"] == 401

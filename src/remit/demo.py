@@ -26,7 +26,7 @@ from remit.agent import AgentSession, RemitApi, TaskSession
 from remit.client import RemitClient
 from remit.config import Settings
 from remit.core.audit import ChainReport
-from remit.core.pipeline import Decision
+from remit.core.pipeline import Decision, Outcome
 from remit.core.secrets import Secret
 from remit.errors import RemitError
 from remit.http.server import running_server
@@ -138,8 +138,9 @@ def _scenario(
     expectations: list[bool] = []
 
     def show(label: str, decision: Decision, expect_allowed: bool) -> None:
-        style = "green" if decision.allowed else "bold red"
-        verdict = "ALLOW" if decision.allowed else "DENY"
+        waits = decision.outcome is Outcome.APPROVAL_REQUIRED
+        style = "green" if decision.allowed else "yellow" if waits else "bold red"
+        verdict = "ALLOW" if decision.allowed else "WAITS" if waits else "DENY"
         steps.append((label, f"[{style}]{verdict}[/]", escape(decision.explain())))
         expectations.append(decision.allowed == expect_allowed)
 
@@ -160,9 +161,9 @@ def _scenario(
         owner="sam@acme.example",
         description="Answers customer tickets.",
         ceiling={
-            "tools": ["ticket/read", "crm/read", "email/send"],
+            "tools": ["ticket/read", "crm/read", "email/send", "research/search", "billing/refund"],
             "privileges": ["read", "act"],
-            "destinations": ["email:*"],
+            "destinations": ["email:*", "account:*"],
             "max_sensitivity": "confidential",
         },
     )
@@ -212,6 +213,8 @@ def _scenario(
     steps.append(refused[0])
     expectations.append(refused[1])
 
+    _delegation_and_approval(remit, operator, api, session, show, steps, expectations)
+
     table = Table(title="decisions", title_justify="left")
     table.add_column("call")
     table.add_column("verdict")
@@ -225,6 +228,112 @@ def _scenario(
     console.print(f"[{style}]{escape(report.summary())}[/]")
     expectations.append(report.ok)
     return all(expectations)
+
+
+REFUND_ACCOUNT = "DE89370400440532013000"
+
+
+def _delegation_and_approval(
+    remit: Remit,
+    operator: Operator,
+    api: RemitApi,
+    session: AgentSession,
+    show: Callable[[str, Decision, bool], None],
+    steps: list[tuple[str, str, str]],
+    expectations: list[bool],
+) -> None:
+    """A research sub-task handed to a narrower agent, and a refund that waits for a human."""
+    researcher_agent = operator.register_agent(
+        "order-researcher",
+        owner="sam@acme.example",
+        description="Looks up public order tracking.",
+        ceiling={
+            "tools": ["research/search"],
+            "privileges": ["read"],
+            "max_sensitivity": "internal",
+        },
+    )
+    researcher = AgentSession.attest(api, operator.create_join_token(researcher_agent.agent_id))
+    refund = session.open_task(
+        principal="user:sam@acme.example",
+        intent={
+            "purpose": "refund order 99812 to alice",
+            "tools": ["research/search", "billing/refund"],
+            "destinations": [f"account:{REFUND_ACCOUNT}"],
+            "sensitivity": "internal",
+            "call_budget": 20,
+            "ttl_seconds": 600,
+            "delegation_depth": 1,
+        },
+    )
+    narrowing: dict[str, Any] = {
+        "tools": ["research/search"],
+        "destinations": [],
+        "call_budget": 5,
+        "ttl_seconds": 300,
+    }
+    child = researcher.adopt(
+        refund.delegate(researcher.consent_to_delegation(refund.task_id, narrowing), narrowing)
+    )
+    show(
+        "delegated: researcher searches tracking",
+        child.authorize("research/search", {"order": 99812}),
+        True,
+    )
+    wider: dict[str, Any] = {
+        "tools": ["research/search", "crm/read"],
+        "destinations": [],
+        "call_budget": 5,
+    }
+    try:
+        refund.delegate(researcher.consent_to_delegation(refund.task_id, wider), wider)
+        steps.append(("delegate with crm/read added", "[bold red]ALLOWED?![/]", "a widening"))
+        expectations.append(False)
+    except RemitError as exc:
+        steps.append(
+            (
+                "delegate with crm/read added",
+                "[bold red]REFUSED[/]",
+                escape(f"{exc.code}: {exc.reason}"),
+            )
+        )
+        expectations.append(exc.reason == "widens_tools")
+
+    pay = {"account": REFUND_ACCOUNT, "amount_eur": 49.99, "order": 99812}
+    waiting = refund.authorize("billing/refund", pay)
+    show("refund 49.99 EUR to alice", waiting, False)
+    expectations.append(waiting.approval_id is not None)
+    if waiting.approval_id is None:
+        return
+    _approve_as(remit, operator, "lee@acme.example", waiting.approval_id)
+    steps.append(
+        (
+            "lee@acme.example approves",
+            "[green]APPROVED[/]",
+            f"approval {escape(waiting.approval_id)}",
+        )
+    )
+    show(
+        "refund, with the approval",
+        refund.authorize("billing/refund", pay, approval=waiting.approval_id),
+        True,
+    )
+    show(
+        "the same refund again",
+        refund.authorize("billing/refund", pay, approval=waiting.approval_id),
+        False,
+    )
+    refund.end()
+
+
+def _approve_as(remit: Remit, operator: Operator, approver: str, approval_id: str) -> None:
+    """An approver (a person with an ``approver`` token) consents to one exact call."""
+    _, token = remit.create_admin_token(approver, scopes=["approver"])
+    if isinstance(operator, RemitClient):
+        with RemitClient(operator.base_url, admin_token=token) as client:
+            client.approve(approval_id, reason="refund checked against order 99812")
+    else:
+        remit.approve(approval_id, by=remit.authenticate_admin(token.reveal()), reason="checked")
 
 
 def _refused_after_end(call: Callable[[], Decision]) -> tuple[tuple[str, str, str], bool]:

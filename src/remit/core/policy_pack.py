@@ -42,6 +42,12 @@ They are leaves: no action groups. Policy slicing in ``core.policy`` relies on
 that (``action in Action::"act"`` matches exactly the ``act`` requests).
 """
 
+DELEGATE_ACTION: Final = "delegate"
+"""The Cedar action a delegation edge is checked as (principal A, resource B).
+
+Also a leaf. Its context is ``DELEGATE_CONTEXT_ATTRIBUTES``, not the tool-call one.
+"""
+
 SENSITIVITY_LEVELS: Final[dict[str, int]] = {
     "public": 0,
     "internal": 1,
@@ -70,12 +76,26 @@ CONTEXT_ATTRIBUTES: Final[tuple[str, ...]] = (
 )
 """Every attribute of a tool-call context; all are required by ``SCHEMA``."""
 
+DELEGATE_CONTEXT_ATTRIBUTES: Final[tuple[str, ...]] = (
+    "mode",
+    "parent_task",
+    "child_tools",
+    "child_sensitivity",
+    "child_budget",
+    "depth",
+    "same_trust_domain",
+    "taint_sensitivity",
+    "taint_flags",
+)
+"""Every attribute of a delegation context; all are required by ``SCHEMA``."""
+
 SCHEMA: Final[str] = r"""
 // Remit's Cedar schema: what a tool-call decision can see.
 
 // A registered agent. uid id = the agent's SPIFFE ID string.
 entity Agent {
   owner: String,                        // the accountable human or team
+  trust_domain: String,                 // the SPIFFE trust domain of its ID
 };
 
 // A tool server. uid id = the server's name, e.g. "email".
@@ -120,6 +140,24 @@ action "read", "write", "act" appliesTo {
     hour_utc: Long,
   },
 };
+
+// One delegation edge: agent A (principal) hands a sub-task to agent B
+// (resource). Checked once, when the child task would be opened.
+action "delegate" appliesTo {
+  principal: [Agent],
+  resource: [Agent],
+  context: {
+    mode: String,                       // A's mode: "enforce" | "shadow"
+    parent_task: TaskInfo,              // A's task, the one being delegated from
+    child_tools: Set<String>,           // the child mandate's tools
+    child_sensitivity: Long,            // the child's sensitivity ceiling
+    child_budget: Long,                 // calls carved out of the parent's budget
+    depth: Long,                        // the child's delegation depth (parent's + 1)
+    same_trust_domain: Bool,            // A and B share a SPIFFE trust domain
+    taint_sensitivity: Long,            // the parent's taint, inherited by the child
+    taint_flags: Set<String>,
+  },
+};
 """
 
 BASELINE: Final[str] = r"""
@@ -128,7 +166,7 @@ BASELINE: Final[str] = r"""
 // The one permit: a call inside the task's mandate, within its sensitivity
 // ceiling and budget. Everything else is denied by default.
 @id("permit-within-mandate")
-permit (principal, action, resource)
+permit (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when {
   context.tool_in_mandate &&
   context.destinations_outside.isEmpty() &&
@@ -140,19 +178,19 @@ when {
 // deny names the rule that failed instead of "no policy permits", and so that
 // an operator permit cannot widen the mandate.
 @id("mandate-tool-scope")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 unless { context.tool_in_mandate };
 
 @id("mandate-destination-scope")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when { !context.destinations_outside.isEmpty() };
 
 @id("sensitivity-ceiling")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when { context.output_sensitivity > context.task.sensitivity_ceiling };
 
 @id("budget-exhausted")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when { context.budget_remaining <= 0 };
 
 // After reading content a third party can write, an act may go only to
@@ -183,6 +221,20 @@ when {
   resource has risk &&
   (resource.risk.contains("payment") || resource.risk.contains("approval"))
 };
+
+// Delegation (Action::"delegate", principal A -> resource B) is default-deny
+// like everything else. The one baseline permit: within a trust domain.
+// Across trust domains nothing permits, so it is refused unless an operator
+// permits that edge (see the module docstring).
+@id("permit-delegation-same-trust-domain")
+permit (principal, action == Action::"delegate", resource)
+when { context.same_trust_domain };
+
+// Restricted data does not leave its owner: a task that has read restricted
+// data may delegate only to an agent with the same owner.
+@id("no-restricted-data-to-other-owners")
+forbid (principal, action == Action::"delegate", resource)
+when { context.taint_sensitivity >= 3 && principal.owner != resource.owner };
 """
 
 BASELINE_IDS: Final[tuple[str, ...]] = (
@@ -194,5 +246,7 @@ BASELINE_IDS: Final[tuple[str, ...]] = (
     "exfiltration-after-untrusted-read",
     "exfiltration-after-confidential-read",
     "approval-high-risk-act",
+    "permit-delegation-same-trust-domain",
+    "no-restricted-data-to-other-owners",
 )
 """The ``@id`` of every baseline policy, in file order (checked by the tests)."""
