@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from remit.core.destinations import parse_pattern
 from remit.core.identity import pattern_within
 from remit.core.labels import Sensitivity
 from remit.core.mandate import Mandate
+from remit.core.policy import PolicySource
 from remit.errors import (
     Denied,
     InvalidProof,
@@ -27,7 +30,7 @@ from remit.errors import (
 )
 from remit.service import Remit
 
-from .conftest import CEILING, open_task
+from .conftest import CATALOG, CEILING, open_task
 
 
 def new_agent(remit: Remit, clock: ManualClock, name: str) -> AgentSession:
@@ -292,3 +295,110 @@ def test_no_child_ever_exceeds_its_parent(
     assert child.request_derived == ()
     for pattern in child.destinations:
         assert any(pattern_within(pattern, p) for p in PARENT.destinations), pattern
+
+
+# ------------------------------------------------------------ policy over the delegation edge
+
+
+def last_record(remit: Remit) -> Any:
+    remit.audit.flush()
+    head = remit.store.audit_head()
+    assert head is not None
+    return head
+
+
+def foreign_agent(remit: Remit, clock: ManualClock, spiffe_id: str, owner: str) -> AgentSession:
+    """An agent of another trust domain: Remit names agents in its own domain, so
+    the row is written through the store (as a federation import would) and attested."""
+    template = remit.register_agent("template-agent", owner=owner, ceiling=CEILING)
+    remit.store.insert_agent(
+        replace(template, agent_id=spiffe_id, name=spiffe_id.rsplit("/", maxsplit=1)[-1])
+    )
+    remit.load_catalog(yaml.safe_load(CATALOG))  # any catalog load refreshes the entities
+    return AgentSession.attest(remit, remit.create_join_token(spiffe_id), clock=clock)
+
+
+def test_operator_forbid_over_one_edge_refuses_with_its_id(
+    remit: Remit, clock: ManualClock, parent: TaskSession, agent_session: AgentSession
+) -> None:
+    researcher = new_agent(remit, clock, "researcher")
+    writer = new_agent(remit, clock, "writer")
+    remit.load_policies(
+        [
+            PolicySource(
+                "edges.cedar",
+                '@id("support-never-to-researcher")\n'
+                f'forbid (principal == Agent::"{agent_session.agent_id}", '
+                'action == Action::"delegate", '
+                f'resource == Agent::"{researcher.agent_id}");',
+            )
+        ]
+    )
+    with pytest.raises(Denied) as caught:
+        hand_off(parent, researcher, tools=["docs/read"], call_budget=2)
+    assert caught.value.reason == "delegation_not_permitted"
+    assert "support-never-to-researcher" in str(caught.value)
+    assert caught.value.details["policies"] == ["support-never-to-researcher"]
+    assert remit.get_task(parent.task_id).calls_used == 0  # nothing reserved
+    record = last_record(remit)
+    assert record.kind == "request.rejected"
+    assert record.data["operation"] == "task.delegate"
+    assert record.data["reason"] == "delegation_not_permitted"
+    # Another edge from the same agent is untouched.
+    child = hand_off(parent, writer, tools=["docs/read"], call_budget=2)
+    delegated = last_record(remit)
+    assert delegated.kind == "task.delegated"
+    assert delegated.data["policies"] == ["permit-delegation-same-trust-domain"]
+    assert child.authorize("docs/read", {"q": "x"}).allowed
+
+
+def test_across_trust_domains_refused_by_default_and_permitted_by_an_operator(
+    remit: Remit, clock: ManualClock, parent: TaskSession, agent_session: AgentSession
+) -> None:
+    partner_id = "spiffe://partner.example/agent/helper"
+    partner = foreign_agent(remit, clock, partner_id, owner="sam@acme.example")
+    assert partner.agent_id == partner_id
+    with pytest.raises(Denied) as caught:
+        hand_off(parent, partner, tools=["docs/read"], call_budget=2)
+    assert caught.value.reason == "delegation_not_permitted"
+    assert caught.value.details["policies"] == ["default-deny"]
+    assert remit.get_task(parent.task_id).calls_used == 0
+
+    remit.load_policies(
+        [
+            PolicySource(
+                "partners.cedar",
+                '@id("support-may-use-partner")\n'
+                f'permit (principal == Agent::"{agent_session.agent_id}", '
+                'action == Action::"delegate", resource)\n'
+                'when { resource.trust_domain == "partner.example" };',
+            )
+        ]
+    )
+    child = hand_off(parent, partner, tools=["docs/read"], call_budget=2)
+    assert remit.get_task(child.task_id).agent_id == partner_id
+    assert child.authorize("docs/read", {"q": "x"}).allowed
+
+
+def test_restricted_taint_is_not_delegated_to_another_owner(
+    remit: Remit, clock: ManualClock, agent_session: AgentSession
+) -> None:
+    parent = open_task(
+        agent_session,
+        tools=["crm/export", "docs/read"],
+        sensitivity="restricted",
+        delegation_depth=1,
+        call_budget=20,
+    )
+    assert parent.authorize("crm/export", {}).allowed  # the task has now read restricted data
+    assert remit.get_task(parent.task_id).taint.sensitivity == Sensitivity.RESTRICTED
+    other = remit.register_agent("outsider", owner="eve@other.example", ceiling=CEILING)
+    outsider = AgentSession.attest(remit, remit.create_join_token(other.agent_id), clock=clock)
+    with pytest.raises(Denied) as caught:
+        hand_off(parent, outsider, tools=["docs/read"], call_budget=2)
+    assert caught.value.reason == "delegation_not_permitted"
+    assert caught.value.details["policies"] == ["no-restricted-data-to-other-owners"]
+    # The same owner may take it (and inherits the taint).
+    colleague = new_agent(remit, clock, "colleague")
+    child = hand_off(parent, colleague, tools=["docs/read"], call_budget=2)
+    assert remit.get_task(child.task_id).taint.sensitivity == Sensitivity.RESTRICTED

@@ -341,7 +341,7 @@ def test_erroring_forbid_still_denies(remit: Remit, task: TaskSession) -> None:
         [
             PolicySource(
                 "overflow.cedar",
-                '@id("overflowing-forbid") forbid (principal, action, resource) '
+                '@id("overflowing-forbid") forbid (principal, action == Action::"read", resource) '
                 "when { context.budget_remaining * 9223372036854775807 > 0 };",
             )
         ]

@@ -40,7 +40,15 @@ from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
 from remit.core.labels import Labels
 from remit.core.mandate import Mandate, MandateLimits, build_mandate
 from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Pipeline
-from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity
+from remit.core.policy import (
+    AgentEntity,
+    PolicyEngine,
+    PolicyRequest,
+    PolicySource,
+    ToolEntity,
+    explain,
+    trust_domain_of,
+)
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import IdentityClaims, TaskClaims, TokenService, thaw, verify_call_proof
@@ -266,7 +274,10 @@ class Remit:
             raise
 
     def _refresh_entities(self) -> None:
-        agents = [AgentEntity(a.agent_id, a.owner) for a in self.store.list_agents()]
+        agents = [
+            AgentEntity(a.agent_id, a.owner, trust_domain_of(a.agent_id))
+            for a in self.store.list_agents()
+        ]
         tools = [
             ToolEntity(s.name, s.privilege.value, s.risk) for s in self._catalog.tools.values()
         ]
@@ -749,7 +760,10 @@ class Remit:
         (``core.delegation``) and within B's ceiling; its budget is carved out of
         the parent's; it starts with the parent's taint; its token carries the
         ``act`` chain (A, and A's own chain above it), built by Remit from
-        verified tokens only.
+        verified tokens only. Policy then decides the edge itself (Cedar action
+        ``delegate``, principal A, resource B; see ``core.policy_pack``): a deny
+        or an evaluation error refuses with ``delegation_not_permitted``, whatever
+        A's mode, before any budget is reserved.
         """
 
         def run() -> TaskGrant:
@@ -795,6 +809,19 @@ class Remit:
                 max_depth=self.settings.max_delegation_depth,
             )
             check_within_ceiling(mandate, actor, self._catalog)
+            decision = self.policy.evaluate(
+                self._delegation_request(parent, parent_agent, actor, mandate)
+            )
+            if not decision.allowed:
+                # Errors deny too (reasons then include "policy-error"); a delegate
+                # forbid marked @approval has no approval path here: it denies.
+                raise Denied(
+                    f"policy does not permit {parent.agent_id} to delegate to "
+                    f"{actor.agent_id}: {explain(decision)}",
+                    reason="delegation_not_permitted",
+                    policies=list(decision.reasons),
+                    policy_version=decision.version,
+                )
             if not self.store.reserve_budget(parent.task_id, mandate.call_budget):
                 raise Denied("the parent's budget is spent", reason="widens_budget")
             child = Task(
@@ -842,11 +869,38 @@ class Remit:
                     "mandate": mandate.to_data(),
                     "mandate_digest": child.mandate_digest,
                     "taint": sorted(parent.taint.flags),
+                    "policies": list(decision.reasons),
+                    "policy_version": decision.version,
                 },
             )
             return TaskGrant(child.task_id, token, now + ttl, mandate, ())
 
         return self._guard("task.delegate", run)
+
+    @staticmethod
+    def _delegation_request(
+        parent: Task, parent_agent: Agent, actor: Agent, mandate: Mandate
+    ) -> PolicyRequest:
+        """The Cedar request for the edge parent agent (A) -> actor (B)."""
+        context = {
+            "mode": parent_agent.mode.value,
+            "parent_task": {
+                "id": parent.task_id,
+                "principal": parent.principal_id,
+                "purpose": parent.mandate.purpose,
+                "sensitivity_ceiling": int(parent.mandate.sensitivity_ceiling),
+                "delegation_depth": parent.depth,
+            },
+            "child_tools": sorted(mandate.tools),
+            "child_sensitivity": int(mandate.sensitivity_ceiling),
+            "child_budget": mandate.call_budget,
+            "depth": parent.depth + 1,
+            "same_trust_domain": trust_domain_of(parent.agent_id)
+            == trust_domain_of(actor.agent_id),
+            "taint_sensitivity": int(parent.taint.sensitivity),
+            "taint_flags": sorted(parent.taint.flags),
+        }
+        return PolicyRequest.delegation(parent.agent_id, actor.agent_id, context)
 
     def _chain_agents(self, task: Task) -> set[str]:
         agents = {task.agent_id}

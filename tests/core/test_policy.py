@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -24,6 +25,8 @@ from remit.core.policy import (
 from remit.core.policy_pack import ACTIONS, BASELINE_IDS, CONTEXT_ATTRIBUTES
 from remit.errors import InvalidRequest, PolicyInvalid
 
+TOOL_ACTIONS = 'action in [Action::"read", Action::"write", Action::"act"]'
+"""The scope a policy reading tool-call-only context needs (else it is invalid for delegate)."""
 AGENT = "spiffe://example.org/agent/mailer"
 OTHER_AGENT = "spiffe://example.org/agent/reporter"
 
@@ -61,6 +64,39 @@ def context(**overrides: object) -> dict[str, object]:
         base["task"] = {**task, **task_overrides}
     base.update(overrides)
     return base
+
+
+def delegate_context(**overrides: object) -> dict[str, object]:
+    """A full, valid delegation context: same trust domain, clean parent. Override any key."""
+    parent = {
+        "id": "tsk_1",
+        "principal": "alice@example.com",
+        "purpose": "write the weekly report",
+        "sensitivity_ceiling": 2,
+        "delegation_depth": 0,
+    }
+    base: dict[str, object] = {
+        "mode": "enforce",
+        "parent_task": parent,
+        "child_tools": ["docs/read"],
+        "child_sensitivity": 1,
+        "child_budget": 5,
+        "depth": 1,
+        "same_trust_domain": True,
+        "taint_sensitivity": 0,
+        "taint_flags": [],
+    }
+    parent_overrides = overrides.pop("parent_task", None)
+    if isinstance(parent_overrides, Mapping):
+        base["parent_task"] = {**parent, **parent_overrides}
+    base.update(overrides)
+    return base
+
+
+def delegation(
+    agent: str = AGENT, receiver: str = OTHER_AGENT, **overrides: object
+) -> PolicyRequest:
+    return PolicyRequest.delegation(agent, receiver, delegate_context(**overrides))
 
 
 def call(
@@ -219,7 +255,8 @@ def test_erroring_forbid_with_broad_permit_denies() -> None:
         [
             src(
                 '@id("allow-all") permit (principal, action, resource);\n'
-                '@id("overflow") forbid (principal, action, resource)\n'
+                '@id("overflow") forbid (principal, action in [Action::"read", Action::"write", '
+                'Action::"act"], resource)\n'
                 "when { context.budget_remaining * 9223372036854775807 > 0 };"
             )
         ]
@@ -239,7 +276,8 @@ def test_erroring_forbid_reports_other_forbids_too() -> None:
     engine.load(
         [
             src(
-                '@id("overflow") forbid (principal, action, resource)\n'
+                '@id("overflow") forbid (principal, action in [Action::"read", Action::"write", '
+                'Action::"act"], resource)\n'
                 "when { context.budget_remaining * 9223372036854775807 > 0 };"
             )
         ]
@@ -322,7 +360,7 @@ forbid (principal, action == Action::"act", resource)
 when { context.hour_utc < 6 };
 
 @id("anomaly-stop")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when { context.anomaly_score >= 80 };
 """
 
@@ -662,7 +700,7 @@ def test_slice_is_smaller_than_the_whole_set() -> None:
     )
     engine.load([src(policies)])
     total = len(engine.policy_ids())
-    assert total == 48
+    assert total == 50
     assert engine.slice_size("act", "srv3/t") == 9
     assert engine.slice_size("read", "srv3/t") == 5
     assert engine.slice_size("act", "other/t") == 8
@@ -694,7 +732,10 @@ def test_action_list_and_is_in_scopes_slice() -> None:
 
 GROUPS = [f"g{i}" for i in range(6)]
 TOOL_NAMES = [f"{g}/t{j}" for g in GROUPS for j in range(5)]
-AGENT_IDS = [f"spiffe://example.org/agent/a{i}" for i in range(4)]
+AGENT_IDS = [
+    *(f"spiffe://example.org/agent/a{i}" for i in range(4)),
+    "spiffe://partner.example/agent/p0",
+]
 PERMIT_CONDITIONS = [
     "true",
     "context.hour_utc < {hour}",
@@ -702,6 +743,9 @@ PERMIT_CONDITIONS = [
     "context.approved || context.budget_remaining > 3",
     'principal.owner == "owner-1"',
     'resource.privilege == "act"',
+    "context.same_trust_domain",
+    'resource.trust_domain == "partner.example"',
+    "context.child_budget < {budget}",
 ]
 FORBID_CONDITIONS = [
     "context.hour_utc == {hour}",
@@ -712,16 +756,45 @@ FORBID_CONDITIONS = [
     "context.delegated && context.task.delegation_depth > 2",
     'principal.owner == "owner-3" && context.hour_utc == {hour}',
     'resource.risk.contains("payment") && context.anomaly_score > {score}',
+    'context.taint_flags.contains("pii")',
+    "context.depth > 2 && context.child_sensitivity > 1",
+    "context.taint_sensitivity >= 3 && principal.owner != resource.owner",
+    'context.child_tools.contains("g0/t1") && context.parent_task.delegation_depth > 0',
 ]
 ERRORING = "context.budget_remaining * 9223372036854775807 > {budget}"  # errors when budget > 1
+ERRORING_DELEGATE = "context.child_budget * 9223372036854775807 > {budget}"
+
+
+@functools.cache
+def _validation_schema() -> Any:
+    import cedarpy
+
+    from remit.core.policy_pack import SCHEMA
+
+    return cedarpy.Schema.from_str(SCHEMA)
+
+
+def _valid(policy: str) -> bool:
+    """Whether the policy fits the schema (the generator retries until it does)."""
+    import cedarpy
+
+    return bool(cedarpy.validate_policies(policy, _validation_schema()).validation_passed)
 
 
 def _random_scope_policy(rng: random.Random, i: int) -> str:
-    actions = rng.sample(list(ACTIONS), rng.randint(1, 2))
+    while True:
+        policy = _random_scope_candidate(rng, i)
+        if _valid(policy):
+            return policy
+
+
+def _random_scope_candidate(rng: random.Random, i: int) -> str:
+    actions = rng.sample([*ACTIONS, "delegate"], rng.randint(1, 2))
     action = rng.choice(
         [
             "action",
             "action",
+            TOOL_ACTIONS,
             f'action == Action::"{actions[0]}"',
             f'action in Action::"{actions[0]}"',
             "action in [" + ", ".join(f'Action::"{a}"' for a in actions) + "]",
@@ -729,6 +802,7 @@ def _random_scope_policy(rng: random.Random, i: int) -> str:
     )
     group = rng.choice(GROUPS)
     tool = rng.choice(TOOL_NAMES)
+    agent = rng.choice(AGENT_IDS)
     resource = rng.choice(
         [
             "resource",
@@ -739,6 +813,10 @@ def _random_scope_policy(rng: random.Random, i: int) -> str:
             f'resource in ToolGroup::"{group}"',
             "resource is Tool",
             f'resource is Tool in ToolGroup::"{group}"',
+            f'resource == Agent::"{agent}"',
+            f'resource in Agent::"{agent}"',
+            "resource is Agent",
+            f'resource is Agent in Agent::"{agent}"',
         ]
     )
     principal = rng.choice(["principal", "principal", f'principal == Agent::"{AGENT_IDS[0]}"'])
@@ -746,6 +824,8 @@ def _random_scope_policy(rng: random.Random, i: int) -> str:
     roll = rng.random()
     if roll < 0.03:
         condition, resource = ERRORING, f'resource == Tool::"{tool}"'
+    elif roll < 0.05:
+        condition, action = ERRORING_DELEGATE, 'action == Action::"delegate"'
     else:
         condition = rng.choice(PERMIT_CONDITIONS if effect == "permit" else FORBID_CONDITIONS)
     condition = condition.format(
@@ -759,9 +839,26 @@ def _random_scope_policy(rng: random.Random, i: int) -> str:
 
 
 def _random_request(rng: random.Random) -> PolicyRequest:
+    agent = rng.choice([*AGENT_IDS, "spiffe://example.org/agent/unknown"])
+    if rng.random() < 0.25:
+        receiver = rng.choice([*AGENT_IDS, "spiffe://example.org/agent/unknown"])
+        return PolicyRequest.delegation(
+            agent,
+            receiver,
+            delegate_context(
+                child_budget=rng.randint(0, 12),
+                child_sensitivity=rng.randint(0, 3),
+                depth=rng.randint(1, 4),
+                same_trust_domain=agent.split("/")[2] == receiver.split("/")[2],
+                taint_sensitivity=rng.randint(0, 3),
+                taint_flags=rng.choice([[], ["pii"], ["untrusted"]]),
+                child_tools=rng.choice([[], ["g0/t1"], ["g1/t2", "g0/t1"]]),
+                parent_task={"delegation_depth": rng.randint(0, 3)},
+            ),
+        )
     tool = rng.choice([*TOOL_NAMES, "g0/unknown", "nogroup", "zz/t0"])
     return PolicyRequest(
-        agent_id=rng.choice([*AGENT_IDS, "spiffe://example.org/agent/unknown"]),
+        agent_id=agent,
         action=rng.choice(ACTIONS),
         tool=tool,
         context=context(
@@ -803,11 +900,12 @@ def test_sliced_and_unsliced_evaluation_agree() -> None:
     ]
     engine.set_entities(agents, tools)
     total = len(engine.policy_ids())
-    assert total == 408
+    assert total == 410
 
     outcomes: set[tuple[bool, bool, bool]] = set()
+    delegations: set[tuple[bool, bool]] = set()
     sizes: list[int] = []
-    for _ in range(600):
+    for _ in range(800):
         request = _random_request(rng)
         sliced = engine.evaluate(request)
         whole = engine.evaluate(request, sliced=False)
@@ -815,9 +913,12 @@ def test_sliced_and_unsliced_evaluation_agree() -> None:
         assert whole.evaluated == total
         sizes.append(sliced.evaluated)
         outcomes.add((sliced.allowed, POLICY_ERROR in sliced.reasons, bool(sliced.shadow_reasons)))
+        if request.resource_agent is not None:
+            delegations.add((sliced.allowed, POLICY_ERROR in sliced.reasons))
     # The corpus exercises allows, denies, errors and shadow reports, on small slices.
     assert {(True, False, False), (False, False, False), (False, True, False)} <= outcomes
     assert any(shadow for _, _, shadow in outcomes)
+    assert {(True, False), (False, False), (False, True)} <= delegations
     assert max(sizes) < total / 2
 
 
@@ -842,7 +943,7 @@ forbid (principal, action == Action::"act", resource)
 when { context.hour_utc < 6 };
 
 @id("enforced-anomaly") @mode("enforce")
-forbid (principal, action, resource)
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
 when { context.anomaly_score >= 80 };
 """
 
@@ -889,7 +990,8 @@ def test_erroring_shadow_policy_does_not_deny() -> None:
     engine.load(
         [
             src(
-                '@id("shadow-overflow") @mode("shadow") forbid (principal, action, resource)\n'
+                '@id("shadow-overflow") @mode("shadow") forbid (principal, action in '
+                '[Action::"read", Action::"write", Action::"act"], resource)\n'
                 "when { context.budget_remaining * 9223372036854775807 > 0 };"
             )
         ]
@@ -905,7 +1007,10 @@ def test_erroring_shadow_policy_does_not_deny() -> None:
 
 def test_evaluate_is_consistent_while_versions_swap() -> None:
     engine = PolicyEngine()
-    night = '@id("{id}") forbid (principal, action, resource) when {{ context.hour_utc < 6 }};'
+    night = (
+        '@id("{id}") forbid (principal, action == Action::"read", resource) '
+        "when {{ context.hour_utc < 6 }};"
+    )
     set_a = [src(night.format(id="night-a"))]
     set_b = [src(night.format(id="night-b"))]
     version_a = engine.load(set_a)
@@ -972,3 +1077,136 @@ def test_approval_quorum_is_the_largest_asked_for() -> None:
     assert result.approval_quorum == 2  # the shadow policy never decides, not even quorum
     assert result.shadow_reasons == ("shadow-approval",)  # reported like any shadow forbid
     assert engine.evaluate(call("act", "calendar/write")).approval_reasons == ()
+
+
+# --------------------------------------------------------------------------- delegation
+
+PARTNER = "spiffe://partner.example/agent/helper"
+DELEGATION_AGENTS = [
+    AgentEntity(AGENT, "alice@example.com"),
+    AgentEntity(OTHER_AGENT, "mallory@example.com"),
+    AgentEntity(PARTNER, "alice@example.com"),
+]
+
+
+def test_helper_delegate_context_covers_every_schema_attribute() -> None:
+    from remit.core.policy_pack import DELEGATE_CONTEXT_ATTRIBUTES
+
+    assert set(delegate_context()) == set(DELEGATE_CONTEXT_ATTRIBUTES)
+
+
+def test_agent_entity_trust_domain_defaults_to_the_spiffe_id() -> None:
+    assert AgentEntity(AGENT, "a").trust_domain == "example.org"
+    assert AgentEntity(AGENT, "a", "other.example").trust_domain == "other.example"
+    assert AgentEntity("not-spiffe", "a").trust_domain == ""
+
+
+def test_delegation_in_one_trust_domain_is_permitted() -> None:
+    engine = PolicyEngine()
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    result = engine.evaluate(delegation())
+    assert result.allowed
+    assert result.reasons == ("permit-delegation-same-trust-domain",)
+    # Only the two delegation policies are in its slice; the tool ones never see it.
+    assert result.evaluated == 2
+    assert engine.slice_size("delegate", "", resource_agent=OTHER_AGENT) == 2
+
+
+def test_delegation_across_trust_domains_needs_an_operator_permit() -> None:
+    engine = PolicyEngine()
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    across = delegation(receiver=PARTNER, same_trust_domain=False)
+    assert engine.evaluate(across).reasons == (DEFAULT_DENY,)
+    engine.load(
+        [
+            src(
+                '@id("mailer-may-use-partner")\n'
+                f'permit (principal == Agent::"{AGENT}", action == Action::"delegate", resource)\n'
+                'when { resource.trust_domain == "partner.example" };'
+            )
+        ]
+    )
+    result = engine.evaluate(across)
+    assert result.allowed and result.reasons == ("mailer-may-use-partner",)
+    # The permit names the mailer only.
+    other = delegation(OTHER_AGENT, PARTNER, same_trust_domain=False)
+    assert not engine.evaluate(other).allowed
+
+
+def test_restricted_taint_does_not_go_to_another_owner() -> None:
+    engine = PolicyEngine()
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    result = engine.evaluate(delegation(taint_sensitivity=3))
+    assert not result.allowed
+    assert result.reasons == ("no-restricted-data-to-other-owners",)
+    assert engine.evaluate(delegation(taint_sensitivity=2)).allowed
+    same_owner = delegation(receiver=PARTNER, taint_sensitivity=3, same_trust_domain=True)
+    assert engine.evaluate(same_owner).allowed
+
+
+def test_delegation_to_an_unknown_agent_fails_closed() -> None:
+    engine = PolicyEngine()
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    ghost = "spiffe://example.org/agent/ghost"
+    # A policy reading the unknown agent's attributes errors: deny.
+    result = engine.evaluate(delegation(receiver=ghost, taint_sensitivity=3))
+    assert not result.allowed
+    assert result.reasons == (POLICY_ERROR,)
+
+
+def test_edge_scoped_forbid_is_in_the_edge_slice_only() -> None:
+    engine = PolicyEngine()
+    engine.load(
+        [
+            src(
+                '@id("mailer-not-to-reporter")\n'
+                f'forbid (principal == Agent::"{AGENT}", action == Action::"delegate",\n'
+                f'        resource == Agent::"{OTHER_AGENT}");\n'
+                '@id("nobody-to-partner")\n'
+                f'forbid (principal, action, resource in Agent::"{PARTNER}");'
+            )
+        ]
+    )
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    assert engine.slice_size("delegate", "", resource_agent=OTHER_AGENT) == 3
+    assert engine.slice_size("delegate", "", resource_agent=PARTNER) == 3
+    assert engine.slice_size("delegate", "", resource_agent=AGENT) == 2
+    assert engine.slice_size("read", "email/search") == 5  # tool slices are unchanged
+    result = engine.evaluate(delegation())
+    assert result.reasons == ("mailer-not-to-reporter",)
+    assert engine.evaluate(delegation(), sliced=False).reasons == ("mailer-not-to-reporter",)
+    assert engine.evaluate(delegation(OTHER_AGENT, AGENT)).allowed
+    assert engine.evaluate(delegation(receiver=PARTNER)).reasons == ("nobody-to-partner",)
+    assert engine.evaluate(call()).allowed
+
+
+def test_unscoped_policy_reading_tool_context_is_refused_with_a_hint() -> None:
+    message = _refused(
+        PolicyEngine(),
+        src('@id("late") forbid (principal, action, resource) when { context.hour_utc > 22 };'),
+    )
+    assert "late" in message and 'Action::"delegate"' in message
+    assert "scope its action to the tool actions" in message
+    # Scoped to the tool actions, it loads and leaves delegation alone.
+    engine = PolicyEngine()
+    engine.load(
+        [
+            src(
+                f'@id("late") forbid (principal, {TOOL_ACTIONS}, resource) when {{ context.hour_utc > 22 }};'
+            )
+        ]
+    )
+    engine.set_entities(DELEGATION_AGENTS, TOOLS)
+    assert engine.evaluate(call(hour_utc=23)).reasons == ("late",)
+    assert engine.evaluate(delegation()).allowed
+
+
+def test_request_naming_both_a_tool_and_an_agent_denies(engine: PolicyEngine) -> None:
+    request = PolicyRequest(AGENT, "delegate", "email/send", delegate_context(), OTHER_AGENT)
+    result = engine.evaluate(request)
+    assert not result.allowed and result.reasons == (POLICY_ERROR,)
+    # A delegate context on a tool action, or a tool context on delegate: schema errors.
+    wrong = PolicyRequest(AGENT, "read", "", delegate_context(), OTHER_AGENT)
+    assert engine.evaluate(wrong).reasons == (POLICY_ERROR,)
+    mixed = PolicyRequest.delegation(AGENT, OTHER_AGENT, context())
+    assert engine.evaluate(mixed).reasons == (POLICY_ERROR,)

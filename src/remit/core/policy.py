@@ -13,7 +13,8 @@ validate against the schema. On any problem the previous version stays active.
 Slicing: at load time each policy is indexed by its action scope and resource
 scope. A request is evaluated only against the policies whose scope can match
 its action, its tool and the tool's group (the part of ``"server/tool"`` before
-the slash). Scope constraints are necessary conditions, so dropping the others
+the slash), or for a delegation request (``resource_agent`` set) its action and
+the receiving agent. Scope constraints are necessary conditions, so dropping the others
 cannot change a decision; anything the indexer does not understand goes to the
 match-everything bucket. Sliced ``PolicySet`` handles are built lazily and
 cached per (action, tool), deduplicated by their member list.
@@ -44,12 +45,12 @@ import json
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import cedarpy
 
-from remit.core.policy_pack import ACTIONS, BASELINE, SCHEMA
+from remit.core.policy_pack import ACTIONS, BASELINE, DELEGATE_ACTION, SCHEMA
 from remit.errors import InvalidRequest, PolicyInvalid
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "PolicySource",
     "ToolEntity",
     "explain",
+    "trust_domain_of",
 ]
 
 POLICY_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -82,6 +84,11 @@ _MAX_ERROR_CHARS: Final = 300
 _LONG_QUOTE: Final = re.compile(r"`[^`]{64,}`")
 _ACTION_REF: Final = re.compile(r'Action::"([^"]*)"')
 _ANY: Final = "*"
+_LEAF_ACTIONS: Final = frozenset((*ACTIONS, DELEGATE_ACTION))
+_TOOL_ACTIONS_HINT: Final = (
+    " (a policy that reads tool-call context must scope its action to the tool "
+    'actions: action in [Action::"read", Action::"write", Action::"act"])'
+)
 
 
 # --------------------------------------------------------------------------- public types
@@ -97,10 +104,26 @@ class PolicySource:
 
 @dataclass(frozen=True, slots=True)
 class AgentEntity:
-    """An ``Agent`` entity; ``agent_id`` is the agent's SPIFFE ID."""
+    """An ``Agent`` entity; ``agent_id`` is the agent's SPIFFE ID.
+
+    ``trust_domain`` defaults to the trust domain of ``agent_id``
+    (``""`` when it is not a ``spiffe://`` ID).
+    """
 
     agent_id: str
     owner: str
+    trust_domain: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.trust_domain:
+            object.__setattr__(self, "trust_domain", trust_domain_of(self.agent_id))
+
+
+def trust_domain_of(agent_id: str) -> str:
+    """The trust domain of a ``spiffe://domain/path`` ID; ``""`` for anything else."""
+    if not agent_id.startswith("spiffe://"):
+        return ""
+    return agent_id.removeprefix("spiffe://").partition("/")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +137,33 @@ class ToolEntity:
 
 @dataclass(frozen=True, slots=True)
 class PolicyRequest:
-    """One tool call to decide. ``action`` is the tool's privilege class."""
+    """One decision request.
+
+    A tool call: ``action`` is the tool's privilege class and the resource is
+    ``Tool::"<tool>"``. A delegation edge: ``action`` is ``"delegate"``,
+    ``agent_id`` the delegating agent and ``resource_agent`` the receiving one
+    (the resource is ``Agent::"<resource_agent>"``; ``tool`` must be ``""``).
+    Build one with ``PolicyRequest.delegation``.
+    """
 
     agent_id: str
     action: str
     tool: str
     context: Mapping[str, object]
+    resource_agent: str | None = None
+
+    @classmethod
+    def delegation(
+        cls, agent_id: str, resource_agent: str, context: Mapping[str, object]
+    ) -> PolicyRequest:
+        """Agent ``agent_id`` delegates to ``resource_agent``."""
+        return cls(
+            agent_id=agent_id,
+            action=DELEGATE_ACTION,
+            tool="",
+            context=context,
+            resource_agent=resource_agent,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,19 +235,20 @@ class _Compiled:
     policies: tuple[_Policy, ...]
     unsliced: _Slice
     index: Mapping[tuple[str, str, str], tuple[int, ...]]
-    slices: dict[tuple[str, str], _Slice]
+    slices: dict[tuple[str, str, str], _Slice]
     by_members: dict[tuple[int, ...], _Slice]
     approvals: Mapping[str, int]  # approval policy id -> quorum
 
-    def slice_for(self, action: str, tool: str) -> _Slice:
-        key = (action, tool)
+    def slice_for(self, action: str, tool: str, agent: str | None = None) -> _Slice:
+        """The slice for a tool call, or with ``agent`` for a request on that Agent."""
+        key = (action, tool, "" if agent is None else agent)
         found = self.slices.get(key)
         if found is not None:
             return found
-        if action not in ACTIONS:
+        if action not in _LEAF_ACTIONS:
             # Not a known leaf action: no sound slice; Cedar sees everything.
             return self.unsliced
-        members = self.members(action, tool)
+        members = self.members(action, tool, agent)
         built = self.by_members.get(members)
         if built is None:
             built = _build_slice([self.policies[i] for i in members])
@@ -213,11 +258,15 @@ class _Compiled:
             self.slices[key] = built
         return built
 
-    def members(self, action: str, tool: str) -> tuple[int, ...]:
-        resources = [(_ANY, ""), ("tool", tool)]
-        group = _tool_group(tool)
-        if group is not None:
-            resources.append(("group", group))
+    def members(self, action: str, tool: str, agent: str | None = None) -> tuple[int, ...]:
+        resources = [(_ANY, "")]
+        if agent is not None:
+            resources.append(("agent", agent))
+        else:
+            resources.append(("tool", tool))
+            group = _tool_group(tool)
+            if group is not None:
+                resources.append(("group", group))
         found: set[int] = set()
         for act in (_ANY, action):
             for kind, name in resources:
@@ -289,9 +338,10 @@ class PolicyEngine:
         """The ``@id`` of every active policy, baseline first, in file order."""
         return tuple(p.id for p in self._state.compiled.policies)
 
-    def slice_size(self, action: str, tool: str) -> int:
-        """How many policies (shadow ones included) Cedar sees for this action and tool."""
-        return self._state.compiled.slice_for(action, tool).size
+    def slice_size(self, action: str, tool: str, *, resource_agent: str | None = None) -> int:
+        """How many policies (shadow ones included) Cedar sees for this action and tool
+        (or, with ``resource_agent``, this action on that agent)."""
+        return self._state.compiled.slice_for(action, tool, resource_agent).size
 
     # ---- deciding
 
@@ -304,13 +354,23 @@ class PolicyEngine:
         state = self._state  # read once: one consistent version for the whole call
         compiled = state.compiled
         try:
+            agent = request.resource_agent
+            if agent is not None and (not isinstance(agent, str) or request.tool):
+                raise ValueError("a request names a tool or an agent as its resource, not both")
             chosen = (
-                compiled.slice_for(request.action, request.tool) if sliced else compiled.unsliced
+                compiled.slice_for(request.action, request.tool, agent)
+                if sliced
+                else compiled.unsliced
+            )
+            resource = (
+                {"type": "Tool", "id": request.tool}
+                if agent is None
+                else {"type": "Agent", "id": agent}
             )
             cedar_request: dict[str, object] = {
                 "principal": {"type": "Agent", "id": request.agent_id},
                 "action": {"type": "Action", "id": request.action},
-                "resource": {"type": "Tool", "id": request.tool},
+                "resource": resource,
                 "context": json.dumps(
                     request.context,
                     default=_json_default,
@@ -516,7 +576,10 @@ class PolicyEngine:
                 names.extend(a for a in actions[:1] if len(actions) == 1 and a not in names)
             for template, names in grouped.items():
                 shown_actions = "/".join(f'"{a}"' for a in sorted(names))
-                problems.append(_clean(template.replace("Action::{}", f"Action::{shown_actions}")))
+                problem = _clean(template.replace("Action::{}", f"Action::{shown_actions}"))
+                if names == [DELEGATE_ACTION] and "in context" in template:
+                    problem += _TOOL_ACTIONS_HINT
+                problems.append(problem)
         return problems
 
     def _build_entities(self, agents: Sequence[AgentEntity], tools: Sequence[ToolEntity]) -> Any:
@@ -531,7 +594,11 @@ class PolicyEngine:
             documents.append({"uid": {"type": kind, "id": uid}, "attrs": attrs, "parents": parents})
 
         for agent in agents:
-            add("Agent", agent.agent_id, {"owner": agent.owner}, [])
+            attrs_agent: dict[str, object] = {
+                "owner": agent.owner,
+                "trust_domain": agent.trust_domain,
+            }
+            add("Agent", agent.agent_id, attrs_agent, [])
         for tool in tools:
             group = _tool_group(tool.name)
             if group is None:
@@ -615,21 +682,27 @@ def _action_scope(scope: object) -> frozenset[str] | None:
             return None
         action = target.get("id")
         # `in` a non-leaf action would also match its members: don't slice on it.
-        if action not in ACTIONS:
+        if action not in _LEAF_ACTIONS:
             return None
         ids.add(str(action))
     return frozenset(ids)
 
 
 def _resource_scope(scope: object) -> tuple[str, str]:
-    """The index key of a policy's resource scope; (_ANY, "") when it may match any tool."""
+    """The index key of a policy's resource scope; (_ANY, "") when it may match any resource.
+
+    ``("tool", name)``, ``("group", name)`` or ``("agent", id)``; anything else
+    (``is Agent`` alone, unknown types) goes to the match-everything bucket.
+    """
     if not isinstance(scope, Mapping):
         return (_ANY, "")
     op = scope.get("op")
     if op in ("==", "in"):
         target = scope.get("entity")
     elif op == "is":
-        if scope.get("entity_type") != "Tool" or not isinstance(scope.get("in"), Mapping):
+        if scope.get("entity_type") not in ("Tool", "Agent") or not isinstance(
+            scope.get("in"), Mapping
+        ):
             return (_ANY, "")
         target = scope["in"].get("entity")
     else:
@@ -641,6 +714,9 @@ def _resource_scope(scope: object) -> tuple[str, str]:
         return ("tool", target["id"])
     if target.get("type") == "ToolGroup":
         return ("group", target["id"])
+    # An Agent has no parents in the schema, so `in Agent::"x"` is `== Agent::"x"`.
+    if target.get("type") == "Agent":
+        return ("agent", target["id"])
     return (_ANY, "")
 
 

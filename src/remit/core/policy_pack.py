@@ -29,6 +29,39 @@ Context values are plain Cedar values built by the pipeline:
   mandate entry, a request-derived one, or the principal's own identifiers),
   ``destinations_by_pattern`` (only a wildcard entry) and
   ``destinations_outside`` (nothing); ``destinations`` is their union.
+
+Two kinds of request share one schema. Tool calls are the actions ``read``,
+``write`` and ``act`` (principal ``Agent``, resource ``Tool``); a delegation
+edge is the action ``delegate`` (principal the delegating agent A, resource the
+receiving agent B, both ``Agent``; context ``DELEGATE_CONTEXT_ATTRIBUTES``). The
+two contexts differ, so a policy that reads a tool-call-only attribute (such as
+``context.tool_in_mandate``) must scope its action to the tool actions, e.g.
+``action in [Action::"read", Action::"write", Action::"act"]``, or it is refused
+at load; the baseline does so. A policy with an unscoped action that reads only
+what both share (``principal``, ``context.mode``, ``context.taint_*``) applies
+to delegation too.
+
+Delegation is default-deny. The baseline permits an edge inside one SPIFFE trust
+domain (``permit-delegation-same-trust-domain``) and forbids handing a task that
+has read restricted data to an agent with another owner
+(``no-restricted-data-to-other-owners``). Across trust domains nothing permits,
+so such a delegation is refused until an operator permits the edge, naming the
+foreign domain or agent::
+
+    @id("lead-may-delegate-to-partner")
+    permit (principal == Agent::"spiffe://a.example/agent/lead",
+            action == Action::"delegate", resource)
+    when { resource.trust_domain == "partner.example" };
+
+and an operator closes an edge inside a domain with a forbid::
+
+    @id("lead-never-delegates-to-researcher")
+    forbid (principal == Agent::"spiffe://a.example/agent/lead",
+            action == Action::"delegate",
+            resource == Agent::"spiffe://a.example/agent/researcher");
+
+``@approval`` on a delegate forbid has no approval path (delegation is never
+held for a human): it simply denies.
 """
 
 from __future__ import annotations
