@@ -51,7 +51,7 @@ def operator_policies(n: int) -> str:
         server, tool = f"svc{i % 50}", f"tool{i}"
         if i % 10 == 0:
             out.append(
-                f'@id("p{i}") forbid (principal, action, resource in ToolGroup::"{server}") '
+                f'@id("p{i}") forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource in ToolGroup::"{server}") '
                 f"when {{ context.anomaly_score > {50 + i % 50} }};"
             )
         elif i % 10 == 1:
@@ -136,7 +136,7 @@ def bench_decisions(n_policies: int, calls: int, durable: bool) -> dict[str, Any
                 [
                     {
                         "uid": {"type": "Agent", "id": agent.agent_id},
-                        "attrs": {"owner": "ops"},
+                        "attrs": {"owner": "ops", "trust_domain": "remit.local"},
                         "parents": [],
                     },
                     {"uid": {"type": "ToolGroup", "id": "docs"}, "attrs": {}, "parents": []},

@@ -71,7 +71,7 @@ def operator_policies(n: int) -> str:
         server, tool = f"svc{i % 50}", f"tool{i}"
         if i % 10 == 0:
             out.append(
-                f'@id("p{i}") forbid (principal, action, resource in ToolGroup::"{server}") '
+                f'@id("p{i}") forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource in ToolGroup::"{server}") '
                 f"when {{ context.anomaly_score > {50 + i % 50} }};"
             )
         else:
