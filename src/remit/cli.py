@@ -3,8 +3,9 @@
 Most commands talk to a running server through ``RemitClient``
 (``--url`` / ``REMIT_URL``, ``--token`` / ``REMIT_ADMIN_TOKEN``). A few work
 on local files with no server: ``policy validate|test|schema|baseline``,
-``catalog validate``, ``audit verify --local``, and ``admin-token`` when no
-URL is given (the first admin token cannot come from the API).
+``catalog validate``, ``audit verify --local``, ``admin-token`` when no
+URL is given (the first admin token cannot come from the API), and
+``secrets`` (always local: secret values are not served over HTTP).
 
 Output is a rich table for people, or with ``--json`` one JSON document on
 stdout and nothing else. Errors go to stderr; the exit code says which kind
@@ -35,13 +36,14 @@ from rich.table import Table
 from remit import __version__
 from remit.config import Settings, load_settings
 from remit.core.policy import PolicyEngine
+from remit.core.secrets import Secret
 from remit.errors import InvalidRequest, RemitError
 
 if TYPE_CHECKING:
     from remit.client import RemitClient
     from remit.core.catalog import Catalog
     from remit.core.identity import Agent
-    from remit.service import Remit
+    from remit.service import Remit, SecretInfo
 
 app = typer.Typer(help="Remit: narrow, short-lived authority for AI agents.", no_args_is_help=True)
 
@@ -62,6 +64,7 @@ audit_app = _group("audit", "The tamper-evident audit log.")
 keys_app = _group("keys", "Remit's signing keys.")
 admin_token_app = _group("admin-token", "Operator API tokens.")
 kill_switch_app = _group("kill-switch", "Deny every call (or one agent's calls) at once.")
+secrets_app = _group("secrets", "Sealed secrets (local: values are never printed).")
 
 # Exit codes by error code: scripts can tell a refusal from a fault.
 EXIT_CODES = {
@@ -78,6 +81,7 @@ EXIT_CODES = {
     "audit_unavailable": 7,
     "store_unavailable": 7,
     "forbidden": 9,
+    "sealed": 10,
 }
 EXIT_UNREACHABLE = 7  # the server could not be reached: unavailable, like a store outage
 EXIT_TESTS_FAILED = 1  # `policy test`: a case did not decide as expected
@@ -1520,6 +1524,97 @@ def admin_token_revoke(
         with _client(url, token, output) as client:
             client.revoke_admin_token(token_id)
     output.done({"revoked": token_id}, f"admin token {escape(token_id)} revoked")
+
+
+# ---------------------------------------------------------------------- sealed secrets
+
+
+def _read_secret_value() -> Secret:
+    """The value from stdin (piped) or a hidden prompt; never from the command line."""
+    from remit.core.sealing import MAX_VALUE_BYTES
+
+    if sys.stdin is None or not sys.stdin.isatty():
+        text = sys.stdin.read(MAX_VALUE_BYTES + 2) if sys.stdin is not None else ""
+        # One trailing newline (from echo or a file) is not part of the value.
+        if text.endswith("\r\n"):
+            text = text[:-2]
+        elif text.endswith("\n"):
+            text = text[:-1]
+    else:
+        text = typer.prompt("secret value", hide_input=True, confirmation_prompt=True, err=True)
+    return Secret(text)
+
+
+def _secret_row(info: SecretInfo) -> dict[str, Any]:
+    return info.to_data()
+
+
+@secrets_app.command("put")
+def secrets_put(
+    name: str,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Seal and store a secret (a new version if NAME exists). The value is read from stdin
+    or a hidden prompt, never from the command line, and never printed."""
+    output = Output(json_output)
+    with _handled(output):
+        value = _read_secret_value()
+    with _local(data_dir, output) as remit:
+        info = remit.put_secret(name, value)
+    output.done(
+        _secret_row(info),
+        f"secret {escape(info.name)} stored (version {info.version}, "
+        f"master key {escape(info.master_kid)})",
+    )
+
+
+@secrets_app.command("list")
+def secrets_list(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+    """List stored secrets: names, versions, master key ids and dates (never values)."""
+    output = Output(json_output)
+    with _local(data_dir, output) as remit:
+        rows = [_secret_row(i) for i in remit.list_secrets()]
+
+    def render(console: Console) -> None:
+        table_rows = [
+            (
+                _text(r["name"]),
+                str(r["version"]),
+                _text(r["master_kid"]),
+                _ts(r["created_at"]),
+                _ts(r["rotated_at"]),
+            )
+            for r in rows
+        ]
+        console.print(
+            render_table(
+                f"secrets ({len(rows)})",
+                table_rows,
+                ["name", "version", "master key", "created", "re-wrapped"],
+            )
+        )
+
+    output.data({"secrets": rows}, render)
+
+
+@secrets_app.command("rotate-master")
+def secrets_rotate_master(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+    """Make a new master key and re-wrap every secret's data key with it; the old key is
+    deleted once nothing needs it. Values and ciphertexts are not touched."""
+    output = Output(json_output)
+    with _local(data_dir, output) as remit:
+        done = remit.rotate_master_key()
+    output.done(
+        {
+            "old_kid": done.old_kid,
+            "new_kid": done.new_kid,
+            "rewrapped": done.rewrapped,
+            "retired": list(done.retired),
+        },
+        f"master key {escape(done.new_kid)} active (was {escape(done.old_kid)}); "
+        f"{done.rewrapped} secret(s) re-wrapped, {len(done.retired)} old key(s) retired",
+    )
 
 
 def main() -> None:

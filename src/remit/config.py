@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from remit.core.secrets import Secret
 from remit.errors import InvalidRequest
 
 
@@ -43,6 +44,13 @@ class Settings:
     allow_self_approval: bool = False
     # Delegation: the deepest a chain of delegated tasks may go (a root task is depth 0).
     max_delegation_depth: int = 3
+    # Sealed secrets (issue 6): the master key that wraps every data key. From
+    # ``REMIT_MASTER_KEY`` (base64url of 32 bytes; environment only, never the config file),
+    # else from ``master_key_file`` (default ``<data_dir>/keys/master.key``, created 0600 on
+    # first use). Superseded keys stay beside it as ``master-<kid>.key`` until no secret
+    # needs them.
+    master_key: Secret | None = None
+    master_key_file: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -56,6 +64,10 @@ class Settings:
     @property
     def key_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.key_dir / "master.key"
 
     @property
     def anchor_path(self) -> Path:
@@ -78,7 +90,8 @@ _INT_FIELDS = {
 }
 
 
-_PATH_FIELDS = {"data_dir", "catalog_path", "policy_dir"}
+_PATH_FIELDS = {"data_dir", "catalog_path", "policy_dir", "master_key_file"}
+_SECRET_FIELDS = {"master_key"}  # environment only: never read from the config file
 _BOOL_FIELDS = {"audit_durable", "allow_self_approval"}
 
 
@@ -108,6 +121,8 @@ def _convert(name: str, raw: object, where: str) -> object:
         raise InvalidRequest(f"{where} must be true or false", reason="bad_setting")
     if not isinstance(raw, str):
         raise InvalidRequest(f"{where} must be a string", reason="bad_setting")
+    if name in _SECRET_FIELDS:
+        return Secret(raw)
     return Path(raw) if name in _PATH_FIELDS else raw
 
 
@@ -124,6 +139,12 @@ def read_config_file(path: Path) -> dict[str, object]:
             f"config file {path.name} is not valid TOML", reason="bad_config"
         ) from None
     fields = set(Settings.__dataclass_fields__) - {"extra"}
+    secret = sorted(set(data) & _SECRET_FIELDS)
+    if secret:
+        raise InvalidRequest(
+            f"config file must not hold {secret[0]}: use REMIT_{secret[0].upper()} or a key file",
+            reason="bad_config",
+        )
     unknown = sorted(set(data) - fields)
     if unknown:
         # A typo must not silently leave a setting at its default.

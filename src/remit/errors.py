@@ -14,6 +14,8 @@
     ├── Forbidden               forbidden             authenticated, but the scope is too narrow
     ├── PolicyInvalid           policy_invalid        a policy set refused whole at load
     ├── AuditUnavailable        audit_unavailable     the audit could not be written: fail closed
+    ├── SealError               sealed                a sealed secret cannot be opened (wrong or
+    │                                                 missing master key, tampered or moved data)
     └── StoreUnavailable        store_unavailable
 
 Messages are for humans and never carry secrets or token contents. The
@@ -101,6 +103,13 @@ class StoreUnavailable(RemitError):
     code = "store_unavailable"
 
 
+class SealError(RemitError):
+    """A sealed secret could not be opened: the master key is wrong or missing, or the sealed
+    data was changed or moved. Its message never carries key or secret material."""
+
+    code = "sealed"
+
+
 ALL_ERRORS: tuple[type[RemitError], ...] = (
     RemitError,
     InvalidRequest,
@@ -117,6 +126,7 @@ ALL_ERRORS: tuple[type[RemitError], ...] = (
     PolicyInvalid,
     AuditUnavailable,
     StoreUnavailable,
+    SealError,
 )
 
 _BY_CODE = {cls.code: cls for cls in ALL_ERRORS}

@@ -36,6 +36,7 @@ from typing import Final
 from remit.clock import Clock
 from remit.config import Settings
 from remit.core.keys import KeySet, SigningKey, sign_es256, verify_es256
+from remit.core.sealing import MasterKey
 from remit.core.secrets import Secret
 from remit.errors import InvalidRequest, StoreUnavailable
 
@@ -293,3 +294,170 @@ class AuditSigner:
         if kid != self.kid:
             return False
         return verify_es256(self.key.private_key.public_key(), payload, signature)
+
+
+_RETAINED_MASTER = re.compile(r"master-([0-9a-f]{16})\.key")
+
+
+class MasterKeyStore:
+    """The master keys that wrap sealed secrets' data keys.
+
+    The active key comes from ``REMIT_MASTER_KEY`` when set, else from the key
+    file (``Settings.master_key_path``), created 0600 (in a 0700 directory) on
+    first use. A superseded key is kept beside it as ``master-<kid>.key`` until
+    no stored secret is wrapped by it any more (``retire_unused``).
+
+    The key file is re-read when it changes (another process rotated it), and
+    the directory is re-scanned when a secret names a key not in memory.
+    """
+
+    def __init__(self, path: Path, env_key: Secret | None = None) -> None:
+        self.path = path
+        self.env_key = env_key
+        self._lock = threading.Lock()
+        self._active: MasterKey | None = None
+        self._stamp: tuple[int, int] | None = None  # (inode, mtime_ns) of the key file read
+        self._known: dict[str, MasterKey] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MasterKeyStore:
+        return cls(settings.master_key_path, settings.master_key)
+
+    @property
+    def from_env(self) -> bool:
+        return self.env_key is not None
+
+    # ------------------------------------------------------------------ files
+    def _ensure_dir(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path.parent, 0o700)
+
+    def _write_new(self, path: Path, key: MasterKey) -> None:
+        """Write ``key`` to a new file, 0600; FileExistsError if it is there already."""
+        self._ensure_dir()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.to_b64().reveal() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _read(self, path: Path) -> MasterKey:
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreUnavailable(
+                "a master key file could not be read", reason="key_unreadable"
+            ) from exc
+        return MasterKey.from_b64(Secret(text))
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    # ------------------------------------------------------------------ keys
+    def active(self) -> MasterKey:
+        """The key that seals new secrets (created in the key file on first use)."""
+        with self._lock:
+            return self._active_locked()
+
+    def _active_locked(self) -> MasterKey:
+        if self.env_key is not None:
+            if self._active is None:
+                self._active = MasterKey.from_b64(self.env_key)
+                self._known[self._active.kid] = self._active
+            return self._active
+        stamp = self._stat()
+        if self._active is not None and stamp == self._stamp:
+            return self._active
+        if stamp is None:
+            # Another process may have made it first: then use theirs.
+            with contextlib.suppress(FileExistsError):
+                self._write_new(self.path, MasterKey.generate())
+            stamp = self._stat()
+        key = self._read(self.path)
+        self._active, self._stamp = key, stamp
+        self._known[key.kid] = key
+        return key
+
+    def find(self, kid: str) -> MasterKey | None:
+        """The master key with id ``kid``: the active one or a retained one, or None."""
+        with self._lock:
+            active = self._active_locked()
+            if kid == active.kid:
+                return active
+            if kid not in self._known:
+                self._scan()
+            return self._known.get(kid)
+
+    def _scan(self) -> None:
+        for path in self._retained_paths():
+            key = self._read(path)
+            self._known[key.kid] = key
+        if self.env_key is not None and self.path.exists():
+            # Moved from the file to the environment: the file's key still opens old secrets.
+            key = self._read(self.path)
+            self._known[key.kid] = key
+
+    def _retained_paths(self) -> list[Path]:
+        if not self.path.parent.is_dir():
+            return []
+        return sorted(
+            p for p in self.path.parent.glob("master-*.key") if _RETAINED_MASTER.fullmatch(p.name)
+        )
+
+    def retained_kids(self) -> list[str]:
+        """The ids of superseded keys still kept on disk."""
+        with self._lock:
+            self._scan()
+            active = self._active_locked().kid
+            return sorted(
+                kid
+                for kid in (
+                    m.group(1)
+                    for m in (_RETAINED_MASTER.fullmatch(p.name) for p in self._retained_paths())
+                    if m
+                )
+                if kid != active
+            )
+
+    # ------------------------------------------------------------------ rotation
+    def rotate(self) -> tuple[MasterKey, MasterKey]:
+        """Make a new key active; keep the old one as ``master-<kid>.key``. (old, new).
+
+        Crash-safe in order: the old key is copied aside before the new one replaces the
+        key file, so every stored secret stays openable at every step.
+        """
+        if self.env_key is not None:
+            raise InvalidRequest(
+                "the master key comes from REMIT_MASTER_KEY; it cannot be rotated from here",
+                reason="master_key_from_env",
+            )
+        with self._lock:
+            old = self._active_locked()
+            retained = self.path.parent / f"master-{old.kid}.key"
+            with contextlib.suppress(FileExistsError):
+                self._write_new(retained, old)
+            new = MasterKey.generate()
+            tmp = self.path.parent / f".master-{new.kid}.tmp"
+            self._write_new(tmp, new)
+            os.replace(tmp, self.path)
+            self._active, self._stamp = new, self._stat()
+            self._known[new.kid] = new
+            return old, new
+
+    def retire_unused(self, in_use: set[str]) -> list[str]:
+        """Delete retained keys no stored secret is wrapped by. The ids deleted."""
+        retired: list[str] = []
+        with self._lock:
+            active = self._active_locked().kid
+            for path in self._retained_paths():
+                match = _RETAINED_MASTER.fullmatch(path.name)
+                if match is None or match.group(1) in in_use or match.group(1) == active:
+                    continue
+                path.unlink(missing_ok=True)
+                self._known.pop(match.group(1), None)
+                retired.append(match.group(1))
+        return retired

@@ -49,6 +49,7 @@ from remit.core.policy import (
     explain,
     trust_domain_of,
 )
+from remit.core.sealing import SealedSecret, rewrap, seal, unseal
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import IdentityClaims, TaskClaims, TokenService, thaw, verify_call_proof
@@ -66,13 +67,14 @@ from remit.errors import (
     TokenRevoked,
 )
 from remit.ids import SpiffeId, check_name, check_principal_id, new_id
-from remit.keystore import FileKeyStore
+from remit.keystore import FileKeyStore, MasterKeyStore
 from remit.store.audit_log import AuditLog
 from remit.store.base import (
     AdminTokenRecord,
     AuditQuery,
     JoinTokenRecord,
     PolicyVersionRecord,
+    StoredSecret,
     ToolPin,
 )
 from remit.store.sql import SqlStore
@@ -128,6 +130,44 @@ class TaskGrant:
     expires_at: float
     mandate: Mandate
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """What may be shown of a stored secret: never its value or any key material."""
+
+    name: str
+    version: int
+    master_kid: str
+    created_at: float
+    rotated_at: float | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "master_kid": self.master_kid,
+            "created_at": self.created_at,
+            "rotated_at": self.rotated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRotation:
+    old_kid: str
+    new_kid: str
+    rewrapped: int
+    retired: tuple[str, ...]  # superseded master keys deleted: no secret needs them
+
+
+def _secret_info(record: StoredSecret) -> SecretInfo:
+    return SecretInfo(
+        record.name,
+        record.version,
+        record.sealed.master_kid,
+        record.created_at,
+        record.rotated_at,
+    )
 
 
 class _State:
@@ -215,8 +255,11 @@ class Remit:
         policy: PolicyEngine,
         audit: AuditLog,
         catalog: Catalog,
+        masters: MasterKeyStore | None = None,
     ) -> None:
         self.settings = settings
+        self.masters = masters or MasterKeyStore.from_settings(settings)
+        self._secrets_lock = threading.Lock()
         self.store = store
         self.keys = keys
         self.clock = clock
@@ -1116,6 +1159,88 @@ class Remit:
         if record.expires_at is not None and now >= record.expires_at:
             raise TokenExpired("the admin token has expired", reason="admin_token_expired")
         return AdminIdentity(record.token_id, record.name, frozenset(record.scopes))
+
+    # ------------------------------------------------------------------ sealed secrets
+    def put_secret(self, name: str, value: Secret) -> SecretInfo:
+        """Seal and store ``value`` as the next version of ``name``."""
+
+        def run() -> SecretInfo:
+            check_name(name, "secret name")
+            if not isinstance(value, Secret):
+                raise InvalidRequest("a secret value must be a Secret", reason="bad_secret_value")
+            if not value.reveal():
+                raise InvalidRequest("a secret value must not be empty", reason="empty_secret")
+            current = self.store.get_secret(name)
+            version = 1 if current is None else current.version + 1
+            sealed = seal(name, value, self.masters.active(), version=version)
+            record = StoredSecret(sealed, self.clock.now(), None)
+            self.store.put_secret(record)
+            self.audit.append(
+                "secret.put",
+                {"name": name, "version": version, "master_kid": sealed.master_kid},
+            )
+            return _secret_info(record)
+
+        return self._guard("secret.put", run, name=_short(name, 64))
+
+    def list_secrets(self) -> list[SecretInfo]:
+        """Names, versions and dates of the stored secrets (never values)."""
+        infos = [_secret_info(r) for r in self.store.list_secrets()]
+        self.audit.append("secret.listed", {"count": len(infos)})
+        return infos
+
+    def reveal_secret(self, name: str) -> Secret:
+        """A secret's value, for lease providers inside Remit. Not exposed over HTTP."""
+
+        def run() -> Secret:
+            record = self.store.get_secret(name) if isinstance(name, str) else None
+            if record is None:
+                raise NotFound("no such secret", reason="unknown_secret")
+            value = self._unseal(record.sealed)
+            self.audit.append("secret.revealed", {"name": name, "version": record.version})
+            return value
+
+        return self._guard("secret.reveal", run, name=_short(name, 64))
+
+    def _unseal(self, sealed: SealedSecret) -> Secret:
+        master = self.masters.find(sealed.master_kid)
+        return unseal(sealed, [master] if master is not None else [])
+
+    def rotate_master_key(self) -> MasterRotation:
+        """A new master key; every data key re-wrapped in one pass; the old key retired.
+
+        Values and their ciphertexts are not touched. The old key is kept on disk until
+        no secret is wrapped by it, so a failure part way leaves every secret readable,
+        and running this again finishes the job.
+        """
+
+        def run() -> MasterRotation:
+            with self._secrets_lock:
+                old, new = self.masters.rotate()
+                self.audit.append("master_key.rotating", {"old_kid": old.kid, "new_kid": new.kid})
+                rewrapped = 0
+                for record in self.store.list_secrets():
+                    sealed = record.sealed
+                    if sealed.master_kid == new.kid:
+                        continue
+                    master = self.masters.find(sealed.master_kid)
+                    moved = rewrap(sealed, [master] if master is not None else [], new)
+                    if self.store.rewrap_secret(moved, sealed.master_kid, self.clock.now()):
+                        rewrapped += 1
+                in_use = {r.sealed.master_kid for r in self.store.list_secrets()}
+                retired = tuple(self.masters.retire_unused(in_use))
+                self.audit.append(
+                    "master_key.rotated",
+                    {
+                        "old_kid": old.kid,
+                        "new_kid": new.kid,
+                        "rewrapped": rewrapped,
+                        "retired": list(retired),
+                    },
+                )
+                return MasterRotation(old.kid, new.kid, rewrapped, retired)
+
+        return self._guard("master_key.rotate", run)
 
     # ------------------------------------------------------------------ policy versions
     def list_policy_versions(self) -> list[PolicyVersionRecord]:

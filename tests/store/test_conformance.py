@@ -263,3 +263,34 @@ def test_tool_pins(store: SqlStore) -> None:
     )
     store.upsert_tool_pin(newer)
     assert store.list_tool_pins() == [newer]
+
+
+def test_sealed_secrets(store: SqlStore) -> None:
+    from remit.core.sealing import MasterKey, rewrap, seal, unseal
+    from remit.core.secrets import Secret
+    from remit.store.base import StoredSecret
+
+    master, new = MasterKey.generate(), MasterKey.generate()
+    assert store.get_secret("api") is None and store.list_secrets() == []
+    v1 = seal("api", Secret("one"), master)
+    store.put_secret(StoredSecret(v1, 10.0, None))
+    with pytest.raises(Conflict):  # version 1 again: a concurrent put won
+        store.put_secret(StoredSecret(seal("api", Secret("x"), master), 11.0, None))
+    with pytest.raises(Conflict):  # skipping a version
+        store.put_secret(StoredSecret(seal("api", Secret("x"), master, version=3), 11.0, None))
+    v2 = seal("api", Secret("two"), master, version=2)
+    store.put_secret(StoredSecret(v2, 12.0, None))
+    got = store.get_secret("api")
+    assert got is not None and got.sealed == v2 and got.created_at == 12.0
+    assert unseal(got.sealed, [master]).reveal() == "two"
+    store.put_secret(StoredSecret(seal("b", Secret("bee"), master), 13.0, None))
+    assert [r.name for r in store.list_secrets()] == ["api", "b"]
+
+    moved = rewrap(v2, [master], new)
+    assert not store.rewrap_secret(moved, new.kid, 20.0)  # not under that kid
+    assert store.rewrap_secret(moved, master.kid, 20.0)
+    assert not store.rewrap_secret(moved, master.kid, 21.0)  # already done
+    after = store.get_secret("api")
+    assert after is not None and after.rotated_at == 20.0
+    assert after.sealed.master_kid == new.kid and after.sealed.ciphertext == v2.ciphertext
+    assert unseal(after.sealed, [new]).reveal() == "two"

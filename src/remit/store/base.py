@@ -15,6 +15,7 @@ from remit.core.approvals import Approval, ApprovalStatus, Vote
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.identity import Agent, Instance, Principal
 from remit.core.labels import Labels
+from remit.core.sealing import SealedSecret
 from remit.core.tasks import Task, TaskStatus
 
 
@@ -71,6 +72,23 @@ class ToolPin:
     definition: dict[str, Any]
     admitted_at: float
     admitted_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret:
+    """A sealed secret as stored: the current version of one name."""
+
+    sealed: SealedSecret
+    created_at: float  # when this version was put
+    rotated_at: float | None  # when its data key was last re-wrapped
+
+    @property
+    def name(self) -> str:
+        return self.sealed.name
+
+    @property
+    def version(self) -> int:
+        return self.sealed.version
 
 
 class Store(Protocol):
@@ -143,6 +161,14 @@ class Store(Protocol):
     def upsert_tool_pin(self, pin: ToolPin) -> None: ...
     def get_tool_pin(self, tool: str) -> ToolPin | None: ...
     def list_tool_pins(self) -> list[ToolPin]: ...
+
+    # --- sealed secrets (values never stored in the clear; see remit.core.sealing)
+    def put_secret(self, record: StoredSecret) -> None: ...  # Conflict unless version is next
+    def get_secret(self, name: str) -> StoredSecret | None: ...
+    def list_secrets(self) -> list[StoredSecret]: ...
+    def rewrap_secret(
+        self, sealed: SealedSecret, old_kid: str, now: float
+    ) -> bool: ...  # atomic: only if the row is still that version under old_kid
 
     # --- policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None: ...

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -213,6 +214,23 @@ approval_votes = Table(
 )
 
 
+# Sealed secrets (issue 6): one row per name, its current version. Nothing here is plaintext:
+# the value is AES-256-GCM under a per-version data key, itself wrapped by a master key that
+# lives outside the database (``master_kid`` names it).
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("master_kid", String(32), nullable=False, index=True),
+    Column("wrapped_key", LargeBinary, nullable=False),  # nonce + wrapped data key
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),  # when this version was put
+    Column("rotated_at", Float, nullable=True),  # when its data key was last re-wrapped
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
@@ -229,10 +247,15 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[approvals, approval_votes])
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[secrets])
+
+
 # Forward-only: append new steps, never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 ]

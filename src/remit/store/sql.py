@@ -33,6 +33,7 @@ from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.labels import FLAGS, Labels, Sensitivity
 from remit.core.mandate import Mandate
+from remit.core.sealing import SealedSecret
 from remit.core.tasks import Task, TaskStatus
 from remit.errors import Conflict, StoreUnavailable
 from remit.store import schema as t
@@ -41,6 +42,7 @@ from remit.store.base import (
     AuditQuery,
     JoinTokenRecord,
     PolicyVersionRecord,
+    StoredSecret,
     ToolPin,
 )
 
@@ -884,6 +886,77 @@ class SqlStore:
         with self._tx() as conn:
             rows = conn.execute(select(t.tool_pins).order_by(t.tool_pins.c.tool)).all()
         return [self._pin_from(r) for r in rows]
+
+    # ------------------------------------------------------------------ sealed secrets
+    def put_secret(self, record: StoredSecret) -> None:
+        """Store a new version: version 1 inserts, version n replaces n - 1. Conflict if the
+        stored version is not the one before (a concurrent put won)."""
+        sealed = record.sealed
+        c = t.secrets.c
+        values = {
+            "version": sealed.version,
+            "master_kid": sealed.master_kid,
+            "wrapped_key": sealed.wrapped_key,
+            "nonce": sealed.nonce,
+            "ciphertext": sealed.ciphertext,
+            "created_at": record.created_at,
+            "rotated_at": record.rotated_at,
+        }
+        stale = Conflict("the secret changed meanwhile; try again", reason="secret_version")
+        try:
+            with self._tx() as conn:
+                if sealed.version == 1:
+                    conn.execute(insert(t.secrets).values(name=sealed.name, **values))
+                    return
+                done = conn.execute(
+                    update(t.secrets)
+                    .where(c.name == sealed.name, c.version == sealed.version - 1)
+                    .values(**values)
+                )
+                if done.rowcount != 1:
+                    raise stale
+        except IntegrityError:
+            raise stale from None
+
+    @staticmethod
+    def _secret_from(row: Any) -> StoredSecret:
+        sealed = SealedSecret(
+            row.name,
+            row.version,
+            row.master_kid,
+            bytes(row.wrapped_key),
+            bytes(row.nonce),
+            bytes(row.ciphertext),
+        )
+        return StoredSecret(sealed, row.created_at, row.rotated_at)
+
+    def get_secret(self, name: str) -> StoredSecret | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.secrets).where(t.secrets.c.name == name)).first()
+        return self._secret_from(row) if row else None
+
+    def list_secrets(self) -> list[StoredSecret]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.secrets).order_by(t.secrets.c.name)).all()
+        return [self._secret_from(r) for r in rows]
+
+    def rewrap_secret(self, sealed: SealedSecret, old_kid: str, now: float) -> bool:
+        """Replace the wrapped data key, only if the row is still this version under
+        ``old_kid``; the nonce and ciphertext are left as they are."""
+        c = t.secrets.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.secrets)
+                .where(
+                    c.name == sealed.name,
+                    c.version == sealed.version,
+                    c.master_kid == old_kid,
+                )
+                .values(
+                    master_kid=sealed.master_kid, wrapped_key=sealed.wrapped_key, rotated_at=now
+                )
+            )
+            return done.rowcount == 1
 
     # ------------------------------------------------------------------ policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None:
