@@ -5,7 +5,7 @@ Most commands talk to a running server through ``RemitClient``
 on local files with no server: ``policy validate|test|schema|baseline``,
 ``catalog validate``, ``audit verify --local``, ``admin-token`` when no
 URL is given (the first admin token cannot come from the API), and
-``secrets`` (always local: secret values are not served over HTTP).
+``secrets`` and ``leases`` (always local: secret values are not served over HTTP).
 
 Output is a rich table for people, or with ``--json`` one JSON document on
 stdout and nothing else. Errors go to stderr; the exit code says which kind
@@ -65,6 +65,7 @@ keys_app = _group("keys", "Remit's signing keys.")
 admin_token_app = _group("admin-token", "Operator API tokens.")
 kill_switch_app = _group("kill-switch", "Deny every call (or one agent's calls) at once.")
 secrets_app = _group("secrets", "Sealed secrets (local: values are never printed).")
+leases_app = _group("leases", "Credential leases bound to tasks (local: values are never printed).")
 
 # Exit codes by error code: scripts can tell a refusal from a fault.
 EXIT_CODES = {
@@ -1629,3 +1630,67 @@ def main() -> None:
 from remit.cli_approvals import approvals_app  # noqa: E402
 
 app.add_typer(approvals_app, name="approvals")
+
+
+# ---------------------------------------------------------------------- leases
+
+
+@leases_app.command("list")
+def leases_list(
+    task: Annotated[
+        str | None, typer.Option("--task", help="Only this task's leases.", show_default=False)
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="Only leases in this state (open, revoked, expired).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List credential leases: task, secret name, tool, state and dates (never values)."""
+    output = Output(json_output)
+    with _local(data_dir, output) as remit:
+        rows = [lease.to_data() for lease in remit.list_leases(task_id=task, state=state)]
+
+    def render(console: Console) -> None:
+        table_rows = [
+            (
+                _text(r["lease_id"]),
+                _text(r["task_id"]),
+                _text(r["secret"]),
+                _text(r["tool"]),
+                _text(r["state"]),
+                _ts(r["expires_at"]),
+                _text(r["revoke_reason"] or ""),
+            )
+            for r in rows
+        ]
+        console.print(
+            render_table(
+                f"leases ({len(rows)})",
+                table_rows,
+                ["lease", "task", "secret", "tool", "state", "expires", "reason"],
+            )
+        )
+
+    output.data({"leases": rows}, render)
+
+
+@leases_app.command("revoke")
+def leases_revoke(
+    lease_id: Annotated[str, typer.Argument(help="The lease to revoke.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")] = (
+        "operator"
+    ),
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke one lease now: its credential is no longer handed to any call."""
+    output = Output(json_output)
+    with _local(data_dir, output) as remit:
+        lease = remit.revoke_lease(lease_id, reason=reason)
+    output.done(lease.to_data(), f"lease {escape(lease.lease_id)} revoked")

@@ -23,7 +23,13 @@ from remit.clock import Clock
 from remit.config import Settings
 from remit.core.approvals import Approval, ApprovalStatus, Vote, check_vote
 from remit.core.audit import AuditRecord, ChainReport
-from remit.core.catalog import Catalog, catalog_from_data, check_tool_name, tool_definition_digest
+from remit.core.catalog import (
+    Catalog,
+    ToolSpec,
+    catalog_from_data,
+    check_tool_name,
+    tool_definition_digest,
+)
 from remit.core.delegation import check_within_ceiling, narrow_mandate
 from remit.core.destinations import normalize_destination, parse_pattern
 from remit.core.identity import (
@@ -38,8 +44,16 @@ from remit.core.identity import (
 )
 from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
 from remit.core.labels import Labels
+from remit.core.leases import (
+    DEFAULT_LEASE_TTL,
+    INJECT_HEADER,
+    Lease,
+    LeaseState,
+    new_lease,
+    reusable,
+)
 from remit.core.mandate import Mandate, MandateLimits, build_mandate
-from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Pipeline
+from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Obligation, Pipeline
 from remit.core.policy import (
     AgentEntity,
     PolicyEngine,
@@ -242,6 +256,53 @@ class _State:
         )
 
 
+class StoreLeaseResolver:
+    """Step 7 over the store: an allowed call on a tool whose catalog entry names a
+    credential gets a lease on it (the task's open one, or a new one) and an
+    ``inject_header`` obligation naming the lease. No value is read here."""
+
+    def __init__(
+        self, *, store: SqlStore, audit: AuditLog, clock: Clock, ttl_seconds: float
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.ttl = ttl_seconds
+
+    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]:
+        credential = spec.credential
+        if credential is None:
+            return ()
+        now = self.clock.now()
+        current = self.store.find_open_lease(task.task_id, credential.secret, spec.name)
+        if current is not None and reusable(current, now, task.expires_at, self.ttl):
+            return (Obligation(INJECT_HEADER, current.lease_id),)
+        if self.store.get_secret(credential.secret) is None:
+            # Fail closed: a credentialed tool whose secret is missing is not called bare.
+            raise NotFound("the tool's credential is not stored", reason="unknown_secret")
+        lease = new_lease(
+            new_id("lse"),
+            task_id=task.task_id,
+            secret_name=credential.secret,
+            tool=spec.name,
+            now=now,
+            task_expires_at=task.expires_at,
+            ttl=self.ttl,
+        )
+        self.store.insert_lease(lease)
+        self.audit.append(
+            "lease.issued",
+            {
+                "lease": lease.lease_id,
+                "task": task.task_id,
+                "secret": lease.secret_name,
+                "tool": lease.tool,
+                "expires_at": lease.expires_at,
+            },
+        )
+        return (Obligation(INJECT_HEADER, lease.lease_id),)
+
+
 class Remit:
     """The Remit service. Build it with ``remit.runtime.build_remit``."""
 
@@ -290,6 +351,9 @@ class Remit:
             clock=clock,
             monitor=self.monitor,
             approvals=self.approval_gate,
+            leases=StoreLeaseResolver(
+                store=store, audit=audit, clock=clock, ttl_seconds=DEFAULT_LEASE_TTL
+            ),
         )
         self._refresh_entities()
 
@@ -497,6 +561,7 @@ class Remit:
                             task_id, TaskStatus.REVOKED, f"agent {status.value}", now
                         )
                     )
+                self._end_task_leases(closed, f"agent {status.value}")
             self.audit.append(
                 f"agent.{status.value}",
                 {"agent": agent_id, "reason": _short(reason), "closed": closed},
@@ -998,6 +1063,7 @@ class Remit:
     def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> list[str]:
         task = self.get_task(task_id)
         ended = self.store.end_task_tree(task.task_id, status, reason, self.clock.now())
+        self._end_task_leases(ended, f"task {status.value}")
         if task.parent_id is not None and ended:
             # Results that come back to the parent carry the child's taint.
             final = self.store.get_task(task.task_id)
@@ -1010,13 +1076,143 @@ class Remit:
         return ended
 
     def sweep(self) -> list[str]:
-        """Record the expiry of tasks whose TTL has run out (they are refused already)."""
+        """Record the expiry of tasks whose TTL has run out (they are refused already), and
+        reap leases whose TTL has run out; leases of tasks ended here are revoked."""
         now = self.clock.now()
+        self.reap_leases()
         expired = self.store.expire_tasks(now)
         for task_id in expired:
             self.audit.append("task.expired", {"task": task_id, "reason": "ttl"})
+        self._end_task_leases(expired, "task expired")
         self.store.sweep_jtis(now)
         return expired
+
+    # ------------------------------------------------------------------ leases
+    def _end_lease(self, lease_id: str, state: LeaseState, reason: str) -> Lease | None:
+        lease = self.store.end_lease(lease_id, state, reason, self.clock.now())
+        if lease is not None:
+            self.audit.append(
+                f"lease.{state.value}",
+                {
+                    "lease": lease.lease_id,
+                    "task": lease.task_id,
+                    "secret": lease.secret_name,
+                    "tool": lease.tool,
+                    "reason": reason,
+                },
+            )
+        return lease
+
+    def _end_task_leases(self, task_ids: Sequence[str], reason: str) -> list[Lease]:
+        """Revoke every open lease of the ``task_ids`` (tasks that have just ended)."""
+        if not task_ids:
+            return []
+        ended: list[Lease] = []
+        for lease_id in self.store.open_lease_ids(list(task_ids)):
+            lease = self._end_lease(lease_id, LeaseState.REVOKED, reason)
+            if lease is not None:
+                ended.append(lease)
+        return ended
+
+    def reap_leases(self) -> list[Lease]:
+        """Mark open leases whose TTL has run out as expired (the reaper)."""
+        reaped: list[Lease] = []
+        for lease_id in self.store.expired_open_lease_ids(self.clock.now()):
+            lease = self._end_lease(lease_id, LeaseState.EXPIRED, "ttl")
+            if lease is not None:
+                reaped.append(lease)
+        return reaped
+
+    def list_leases(
+        self, *, task_id: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[Lease]:
+        """Leases (never values), oldest first."""
+        if not 0 < limit <= 10_000:
+            raise InvalidRequest("limit must be from 1 to 10000", reason="bad_limit")
+        try:
+            wanted = None if state is None else LeaseState(state)
+        except ValueError:
+            raise InvalidRequest(
+                "state must be open, revoked or expired", reason="bad_state"
+            ) from None
+        return self.store.list_leases(task_id=task_id, state=wanted, limit=limit)
+
+    def get_lease(self, lease_id: str) -> Lease:
+        lease = self.store.get_lease(lease_id) if isinstance(lease_id, str) else None
+        if lease is None:
+            raise NotFound("no such lease", reason="unknown_lease")
+        return lease
+
+    def revoke_lease(self, lease_id: str, *, reason: str = "operator") -> Lease:
+        """An operator revokes one lease now."""
+
+        def run() -> Lease:
+            lease = self.get_lease(lease_id)
+            ended = self._end_lease(lease.lease_id, LeaseState.REVOKED, _short(reason))
+            if ended is None:
+                raise Conflict("the lease has ended already", reason="lease_ended")
+            return ended
+
+        return self._guard("lease.revoke", run, lease=_short(lease_id, 64))
+
+    def credential_for(self, obligation: Obligation) -> tuple[str, Secret]:
+        """For a gateway: the header (name, value) an ``inject_header`` obligation stands for.
+
+        Refused unless the lease is open and unexpired, its task (and every ancestor) open,
+        its agent active and not stopped, and the tool still names that credential. The
+        value leaves only in the returned Secret: never in audit records or errors.
+        """
+
+        def run() -> tuple[str, Secret]:
+            if not isinstance(obligation, Obligation) or obligation.kind != INJECT_HEADER:
+                raise InvalidRequest("not an inject_header obligation", reason="bad_obligation")
+            now = self.clock.now()
+            lease = self.get_lease(obligation.ref)
+            state = lease.effective_state(now)
+            if state is LeaseState.EXPIRED:
+                raise TokenExpired("the credential lease has expired", reason="lease_expired")
+            if state is not LeaseState.OPEN:
+                raise TokenRevoked("the credential lease was revoked", reason="lease_revoked")
+            task = self.store.get_task(lease.task_id)
+            if (
+                task is None
+                or task.effective_status(now) is not TaskStatus.OPEN
+                or not self.state.ancestors_open(task, now)
+            ):
+                raise TokenRevoked("the lease's task has ended", reason="lease_task_ended")
+            agent = self.store.get_agent(task.agent_id)
+            if (
+                agent is None
+                or agent.status is not AgentStatus.ACTIVE
+                or self.monitor.killed_all
+                or agent.agent_id in self.monitor.killed_agents
+            ):
+                raise TokenRevoked("the lease's agent is stopped", reason="lease_agent_stopped")
+            spec = self._catalog.get(lease.tool)
+            credential = spec.credential if spec is not None else None
+            if credential is None or credential.secret != lease.secret_name:
+                raise TokenRevoked(
+                    "the tool no longer names this credential", reason="credential_withdrawn"
+                )
+            record = self.store.get_secret(lease.secret_name)
+            if record is None:
+                raise NotFound("the leased secret is gone", reason="unknown_secret")
+            value = credential.render(self._unseal(record.sealed).reveal())
+            self.audit.append(
+                "lease.used",
+                {
+                    "lease": lease.lease_id,
+                    "task": lease.task_id,
+                    "secret": lease.secret_name,
+                    "version": record.version,
+                    "tool": lease.tool,
+                    "header": credential.header,
+                },
+            )
+            return credential.header, Secret(value)
+
+        ref = obligation.ref if isinstance(obligation, Obligation) else None
+        return self._guard("lease.credential", run, lease=_short(ref, 64))
 
     # ------------------------------------------------------------------ the decision
     def authorize(

@@ -15,6 +15,7 @@ from typing import Any
 from remit.canonical import JsonLimits, digest
 from remit.core.destinations import Destination, DestinationKind, normalize_destination
 from remit.core.labels import Labels
+from remit.core.leases import CredentialSpec, credential_from_data
 from remit.errors import InvalidRequest
 
 # server/tool, ASCII only: confusable unicode never names a tool.
@@ -59,6 +60,7 @@ class ToolSpec:
     risk: frozenset[str]
     description: str = ""
     shadow: bool = False  # staged rollout: decide and record, but do not block
+    credential: CredentialSpec | None = None  # a sealed secret leased and injected per task
 
     @property
     def server(self) -> str:
@@ -104,7 +106,16 @@ class Catalog:
         return len(self.tools)
 
 
-_TOOL_KEYS = {"name", "privilege", "destinations", "labels", "risk", "description", "mode"}
+_TOOL_KEYS = {
+    "name",
+    "privilege",
+    "destinations",
+    "labels",
+    "risk",
+    "description",
+    "mode",
+    "credential",
+}
 
 
 def catalog_from_data(data: object) -> Catalog:
@@ -112,7 +123,8 @@ def catalog_from_data(data: object) -> Catalog:
 
     Each tool: ``name``, ``privilege`` (read|write|act), ``destinations``
     (mapping of argument path to kind), ``labels`` (output labels), ``risk``
-    (tags), ``description``. Unknown keys are refused: a typo must not
+    (tags), ``description``, ``credential`` (``{secret, header, format}``: a sealed
+    secret leased per task and injected as a header). Unknown keys are refused: a typo must not
     silently drop a restriction.
     """
     if not isinstance(data, Mapping) or set(data) - {"tools", "version"}:
@@ -191,7 +203,10 @@ def _tool_from_data(raw: object, index: int) -> ToolSpec:
     mode = raw.get("mode", "enforce")
     if mode not in ("enforce", "shadow"):
         raise InvalidRequest(f"{where}: mode must be enforce or shadow", reason="bad_catalog")
+    credential_raw = raw.get("credential")
+    credential = None if credential_raw is None else credential_from_data(credential_raw, where)
     return ToolSpec(
+        credential=credential,
         shadow=mode == "shadow",
         name=name,
         privilege=privilege,

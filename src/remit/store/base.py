@@ -15,6 +15,7 @@ from remit.core.approvals import Approval, ApprovalStatus, Vote
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.identity import Agent, Instance, Principal
 from remit.core.labels import Labels
+from remit.core.leases import Lease, LeaseState
 from remit.core.sealing import SealedSecret
 from remit.core.tasks import Task, TaskStatus
 
@@ -169,6 +170,19 @@ class Store(Protocol):
     def rewrap_secret(
         self, sealed: SealedSecret, old_kid: str, now: float
     ) -> bool: ...  # atomic: only if the row is still that version under old_kid
+
+    # --- leases (ending one is a conditional update: only an open lease ends, once)
+    def insert_lease(self, lease: Lease) -> None: ...
+    def get_lease(self, lease_id: str) -> Lease | None: ...
+    def list_leases(
+        self, *, task_id: str | None = None, state: LeaseState | None = None, limit: int = 1000
+    ) -> list[Lease]: ...
+    def find_open_lease(self, task_id: str, secret_name: str, tool: str) -> Lease | None: ...
+    def end_lease(
+        self, lease_id: str, state: LeaseState, reason: str, now: float
+    ) -> Lease | None: ...  # atomic
+    def open_lease_ids(self, task_ids: Sequence[str]) -> list[str]: ...
+    def expired_open_lease_ids(self, now: float) -> list[str]: ...
 
     # --- policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None: ...

@@ -231,6 +231,25 @@ secrets = Table(
 )
 
 
+# Leases (issue 6): a credential handed downstream, bound to a task. Never a value: the
+# secret is named, and revealed only when a gateway asks for the lease's header.
+leases = Table(
+    "leases",
+    metadata,
+    Column("lease_id", String(64), primary_key=True),
+    Column("task_id", String(128), nullable=False),
+    Column("secret_name", String(64), nullable=False),
+    Column("tool", String(128), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoke_reason", String(256), nullable=True),
+    Column("state", String(16), nullable=False),
+    Index("ix_leases_task_state", "task_id", "state"),
+    Index("ix_leases_state_expires", "state", "expires_at"),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
 
@@ -251,6 +270,10 @@ def _v5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[secrets])
 
 
+def _v6(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases])
+
+
 # Forward-only: append new steps, never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
@@ -258,4 +281,5 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _v3),
     (4, _v4),
     (5, _v5),
+    (6, _v6),
 ]

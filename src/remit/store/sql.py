@@ -32,6 +32,7 @@ from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.labels import FLAGS, Labels, Sensitivity
+from remit.core.leases import Lease, LeaseState
 from remit.core.mandate import Mandate
 from remit.core.sealing import SealedSecret
 from remit.core.tasks import Task, TaskStatus
@@ -958,6 +959,90 @@ class SqlStore:
             )
             return done.rowcount == 1
 
+    # ------------------------------------------------------------------ leases
+    def insert_lease(self, lease: Lease) -> None:
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(t.leases).values(**_lease_row(lease)))
+        except IntegrityError:
+            raise Conflict("the lease exists already", reason="lease_exists") from None
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._tx() as conn:
+            row = conn.execute(select(t.leases).where(t.leases.c.lease_id == lease_id)).first()
+        return _lease_from(row) if row else None
+
+    def list_leases(
+        self, *, task_id: str | None = None, state: LeaseState | None = None, limit: int = 1000
+    ) -> list[Lease]:
+        c = t.leases.c
+        stmt = select(t.leases)
+        if task_id is not None:
+            stmt = stmt.where(c.task_id == task_id)
+        if state is not None:
+            stmt = stmt.where(c.state == state.value)
+        stmt = stmt.order_by(c.issued_at, c.lease_id).limit(limit)
+        with self._tx() as conn:
+            rows = conn.execute(stmt).all()
+        return [_lease_from(r) for r in rows]
+
+    def find_open_lease(self, task_id: str, secret_name: str, tool: str) -> Lease | None:
+        """The task's latest open lease on ``secret_name`` for ``tool``, if any."""
+        c = t.leases.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.leases)
+                .where(
+                    c.task_id == task_id,
+                    c.secret_name == secret_name,
+                    c.tool == tool,
+                    c.state == LeaseState.OPEN.value,
+                )
+                .order_by(c.expires_at.desc())
+                .limit(1)
+            ).first()
+        return _lease_from(row) if row else None
+
+    def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> Lease | None:
+        """Move an open lease to ``state`` (revoked or expired), conditionally: None if it
+        was not open (someone else ended it first)."""
+        c = t.leases.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.leases)
+                .where(c.lease_id == lease_id, c.state == LeaseState.OPEN.value)
+                .values(state=state.value, revoked_at=now, revoke_reason=reason)
+            )
+            if done.rowcount != 1:
+                return None
+            row = conn.execute(select(t.leases).where(c.lease_id == lease_id)).first()
+        return _lease_from(row) if row else None
+
+    def open_lease_ids(self, task_ids: Sequence[str]) -> list[str]:
+        c = t.leases.c
+        found: list[str] = []
+        with self._tx() as conn:
+            for start in range(0, len(task_ids), 500):
+                chunk = list(task_ids[start : start + 500])
+                found.extend(
+                    conn.execute(
+                        select(c.lease_id).where(
+                            c.task_id.in_(chunk), c.state == LeaseState.OPEN.value
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+        return [str(x) for x in found]
+
+    def expired_open_lease_ids(self, now: float) -> list[str]:
+        c = t.leases.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.lease_id).where(c.state == LeaseState.OPEN.value, c.expires_at <= now)
+            )
+            return [str(x) for x in rows.scalars().all()]
+
     # ------------------------------------------------------------------ policy versions
     def save_policy_version(self, record: PolicyVersionRecord) -> None:
         c = t.policy_versions.c
@@ -1011,6 +1096,34 @@ class SqlStore:
 
 
 _FLAG_BITS = {flag: 1 << i for i, flag in enumerate(sorted(FLAGS))}
+
+
+def _lease_row(lease: Lease) -> dict[str, Any]:
+    return {
+        "lease_id": lease.lease_id,
+        "task_id": lease.task_id,
+        "secret_name": lease.secret_name,
+        "tool": lease.tool,
+        "issued_at": lease.issued_at,
+        "expires_at": lease.expires_at,
+        "revoked_at": lease.revoked_at,
+        "revoke_reason": lease.revoke_reason,
+        "state": lease.state.value,
+    }
+
+
+def _lease_from(row: Any) -> Lease:
+    return Lease(
+        lease_id=row.lease_id,
+        task_id=row.task_id,
+        secret_name=row.secret_name,
+        tool=row.tool,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        revoke_reason=row.revoke_reason,
+        state=LeaseState(row.state),
+    )
 
 
 def _flag_bits(labels: Labels) -> int:
