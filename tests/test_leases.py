@@ -276,10 +276,13 @@ def test_credential_for_refuses_a_stopped_agent_and_a_withdrawn_credential(
     task = _task(session)
     obligation = _obligation(task.authorize("billing/charge", {}))
     lease_remit.set_kill_switch(True, agent_id=session.agent_id)
+    # The emergency stop revoked the lease itself, not just its use.
+    assert lease_remit.get_lease(obligation.ref).state is LeaseState.REVOKED
     with pytest.raises(TokenRevoked) as info:
         lease_remit.credential_for(obligation)
-    assert info.value.reason == "lease_agent_stopped"
+    assert info.value.reason == "lease_revoked"
     lease_remit.set_kill_switch(False, agent_id=session.agent_id)
+    obligation = _obligation(task.authorize("billing/charge", {"after": "stop lifted"}))
     assert lease_remit.credential_for(obligation)[0] == "Authorization"
     lease_remit.load_catalog(_catalog_data(""))  # the tool is gone from the catalog
     with pytest.raises(TokenRevoked) as info:

@@ -1483,6 +1483,12 @@ class Remit:
         else:
             self.monitor.killed_agents.discard(agent_id)
         self.audit.append("kill_switch", {"engaged": engaged, "agent": agent_id or "*"})
+        if engaged:
+            # An emergency stop also takes back every credential handed out for the stopped work.
+            for lease in self.store.list_leases(state=LeaseState.OPEN, limit=10_000):
+                task = self.store.get_task(lease.task_id)
+                if agent_id is None or (task is not None and task.agent_id == agent_id):
+                    self._end_lease(lease.lease_id, LeaseState.REVOKED, "kill switch")
 
     # ------------------------------------------------------------------ audit
     def query_audit(self, query: AuditQuery) -> list[AuditRecord]:
