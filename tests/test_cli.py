@@ -533,3 +533,21 @@ def test_settings_from_a_config_file_with_environment_overrides(tmp_path: Path) 
     config.write_text("max_task_ttl_seconds = 'soon'\n")
     with pytest.raises(InvalidRequest):
         load({}, config_file=config)
+
+
+def test_analyze_permissions(server: Server) -> None:
+    assert register(server).exit_code == 0
+    result = server.run("analyze", "permissions", "support", "--json", token=server.readonly)
+    assert result.exit_code == 0, result.output
+    report = as_json(result)
+    assert report["agent_id"] == "spiffe://acme.example/agent/support"
+    points = {(p["tool"], p["destination_class"], p["taint"]): p for p in report["permissions"]}
+    assert {p["tool"] for p in report["permissions"]} == {"docs/read", "email/send"}
+    assert points[("docs/read", "none", "none")]["allowed"]
+    assert points[("email/send", "by_pattern", "confidential")]["reasons"] == [
+        "exfiltration-after-confidential-read"
+    ]
+    table = server.run("analyze", "permissions", "support")
+    assert table.exit_code == 0 and "email/send" in table.output
+    missing = server.run("analyze", "permissions", "nobody")
+    assert missing.exit_code != 0

@@ -1631,6 +1631,11 @@ from remit.cli_approvals import approvals_app  # noqa: E402
 
 app.add_typer(approvals_app, name="approvals")
 
+# Analysis of what agents can really do, likewise in its own module.
+from remit.cli_analyze import analyze_app  # noqa: E402
+
+app.add_typer(analyze_app, name="analyze")
+
 
 # ---------------------------------------------------------------------- leases
 

@@ -297,6 +297,13 @@ class RemitClient:
         """``name`` is the agent's name or its SPIFFE ID."""
         return self._agent("GET", _agent_path(name))
 
+    def effective_permissions(self, name: str, *, task_id: str | None = None) -> dict[str, Any]:
+        """What the agent (or one of its tasks) can really do: ``{agent_id, task_id,
+        policy_version, permissions: [{tool, privilege, destination_class, taint, allowed,
+        reasons}]}``."""
+        params = [("task_id", task_id)] if task_id is not None else None
+        return self._json("GET", _agent_path(name, "effective-permissions"), params=params)
+
     def suspend_agent(self, name: str, *, reason: str = "operator") -> Agent:
         return self._agent("POST", _agent_path(name, "suspend"), body={"reason": reason})
 

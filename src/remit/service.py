@@ -21,6 +21,7 @@ from remit.approvals import StoreApprovalGate, WebhookNotifier
 from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
 from remit.config import Settings
+from remit.core.analysis import Permission, effective_permissions
 from remit.core.approvals import Approval, ApprovalStatus, Vote, check_vote
 from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import (
@@ -1464,6 +1465,18 @@ class Remit:
         return self.pipeline.check_task_request(
             task_token=task_token, proof=proof, op=op, body=body, binding=binding, consume=consume
         )
+
+    def effective_permissions(self, agent_id: str, task_id: str | None = None) -> list[Permission]:
+        """What the agent (or, with ``task_id``, that task of it) can really do under the
+        active policy version and catalog; see ``remit.core.analysis``."""
+        agent = self.get_agent(agent_id)
+        mandate: Mandate | None = None
+        if task_id is not None:
+            task = self.get_task(task_id)
+            if task.agent_id != agent.agent_id:
+                raise NotFound("no such task for this agent", reason="unknown_task")
+            mandate = task.mandate
+        return effective_permissions(self.policy, self._catalog, agent, mandate=mandate)
 
     # ------------------------------------------------------------------ keys and emergency stops
     def rotate_signing_keys(self) -> str:

@@ -34,6 +34,7 @@ from remit.http.wire import (
     CatalogOut,
     ClosedOut,
     CreateAdminTokenRequest,
+    EffectivePermissionsOut,
     ExplainOut,
     ExplainRequest,
     JoinTokenOut,
@@ -62,6 +63,7 @@ from remit.http.wire import (
     approval_out,
     catalog_out,
     explain_out,
+    permission_out,
     policy_version_out,
     principal_out,
     record_data,
@@ -82,6 +84,7 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("POST", "/v1/agents/{name}/resume"): "admin",
     ("POST", "/v1/agents/{name}/retire"): "admin",
     ("PUT", "/v1/agents/{name}/mode"): "admin",
+    ("GET", "/v1/agents/{name}/effective-permissions"): "readonly",
     ("POST", "/v1/agents/{name}/join-tokens"): "admin",
     ("POST", "/v1/principals"): "admin",
     ("GET", "/v1/tasks/{task_id}"): "readonly",
@@ -142,6 +145,7 @@ ApprovalStatusFilter = Annotated[
     str | None, Query(pattern="^(pending|approved|denied|consumed)$", max_length=16)
 ]
 ApprovalLimit = Annotated[int, Query(ge=1, le=1000)]
+TaskIdFilter = Annotated[str | None, Query(pattern="^tsk_[A-Za-z0-9_-]{16,64}$", max_length=68)]
 
 
 def add_operator_routes(router: APIRouter, remit: Remit) -> None:
@@ -203,6 +207,25 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
     @route("PUT", "/v1/agents/{name}/mode", *BODY_ERRORS, 404, response_model=AgentOut)
     def set_agent_mode(name: AgentNameParam, body: ModeRequest) -> AgentOut:
         return agent_out(remit.set_agent_mode(agent_id(name), body.mode))
+
+    @route(
+        "GET",
+        "/v1/agents/{name}/effective-permissions",
+        400,
+        404,
+        response_model=EffectivePermissionsOut,
+    )
+    def effective_permissions(
+        name: AgentNameParam, task_id: TaskIdFilter = None
+    ) -> EffectivePermissionsOut:
+        version = remit.policy.version
+        found = remit.effective_permissions(agent_id(name), task_id)
+        return EffectivePermissionsOut(
+            agent_id=agent_id(name),
+            task_id=task_id,
+            policy_version=version,
+            permissions=[permission_out(p) for p in found],
+        )
 
     @route(
         "POST",

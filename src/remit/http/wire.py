@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from remit.core.analysis import Permission
 from remit.core.approvals import Approval
 from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import ToolSpec
@@ -216,6 +217,22 @@ class AgentOut(Response):
 
 class AgentsOut(Response):
     agents: list[AgentOut]
+
+
+class PermissionOut(Response):
+    tool: str
+    privilege: Literal["read", "write", "act"]
+    destination_class: Literal["none", "explicit", "by_pattern", "outside"]
+    taint: Literal["none", "untrusted", "confidential"]
+    allowed: bool
+    reasons: list[str]
+
+
+class EffectivePermissionsOut(Response):
+    agent_id: str
+    task_id: str | None
+    policy_version: str
+    permissions: list[PermissionOut]
 
 
 class ReasonRequest(Request):
@@ -581,6 +598,10 @@ def policy_version_out(record: PolicyVersionRecord) -> PolicyVersionOut:
         loaded_at=record.loaded_at,
         active=record.active,
     )
+
+
+def permission_out(permission: Permission) -> PermissionOut:
+    return PermissionOut.model_validate(permission.to_data())
 
 
 def explain_out(result: PolicyResult) -> ExplainOut:
