@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -1468,17 +1468,9 @@ def admin_token_list(
     output = Output(json_output)
     if url is None:
         with _local(data_dir, output) as remit:
+            # _token_row keeps only what may be shown (never the hash).
             rows = [
-                _token_row(
-                    {
-                        "token_id": r.token_id,
-                        "name": r.name,
-                        "scopes": list(r.scopes),
-                        "created_at": r.created_at,
-                        "expires_at": r.expires_at,
-                        "revoked_at": r.revoked_at,
-                    }
-                )
+                _token_row({**asdict(r), "scopes": list(r.scopes)})
                 for r in remit.list_admin_tokens()
             ]
     else:
