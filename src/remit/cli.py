@@ -81,6 +81,7 @@ EXIT_CODES = {
     "invalid_proof": 6,
     "audit_unavailable": 7,
     "store_unavailable": 7,
+    "provider_unavailable": 7,
     "forbidden": 9,
     "sealed": 10,
 }

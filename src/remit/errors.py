@@ -103,6 +103,13 @@ class StoreUnavailable(RemitError):
     code = "store_unavailable"
 
 
+class ProviderUnavailable(RemitError):
+    """A downstream credential provider (a database, a token service) failed to issue or
+    revoke. Issuance fails closed; a failed revocation is retried, never dropped."""
+
+    code = "provider_unavailable"
+
+
 class SealError(RemitError):
     """A sealed secret could not be opened: the master key is wrong or missing, or the sealed
     data was changed or moved. Its message never carries key or secret material."""
@@ -126,6 +133,7 @@ ALL_ERRORS: tuple[type[RemitError], ...] = (
     PolicyInvalid,
     AuditUnavailable,
     StoreUnavailable,
+    ProviderUnavailable,
     SealError,
 )
 

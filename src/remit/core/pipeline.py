@@ -310,17 +310,25 @@ class Pipeline:
             mode = Mode.ENFORCE
 
         # 5. Policy: always evaluated, so an explanation names every rule that fired.
-        result = self.policy.evaluate(
-            self._policy_request(
-                task=task,
-                instance=instance,
-                spec=spec,
-                check=check,
-                mode=mode,
-                anomaly=anomaly,
-                now=now,
-            )
+        request = self._policy_request(
+            task=task,
+            instance=instance,
+            spec=spec,
+            check=check,
+            mode=mode,
+            anomaly=anomaly,
+            now=now,
         )
+        result = self.policy.evaluate(request)
+        # What the policies saw, and what decided beside them: enough for ``remit policy
+        # replay`` to re-decide this call under a candidate policy set.
+        ctx["policy_input"] = {
+            "action": request.action,
+            "tool": request.tool,
+            "context": request.context,
+        }
+        ctx["mandate_violations"] = list(check.violations)
+        ctx["monitor_reasons"] = list(monitor_reasons)
         if not check.violations and not monitor_reasons and result.approval_reasons:
             # Only approval policies said no: a human may consent to this one call.
             reasons, outcome = result.approval_reasons, Outcome.APPROVAL_REQUIRED

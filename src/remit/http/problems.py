@@ -44,6 +44,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "policy_invalid": 422,
     "audit_unavailable": 503,
     "store_unavailable": 503,
+    "provider_unavailable": 503,
     "internal_error": 500,
 }
 # Where the transport, not the code, sets the status: an ``invalid_request`` about the
@@ -68,6 +69,7 @@ TITLES: Final[Mapping[str, str]] = {
     "policy_invalid": "Policy set invalid",
     "audit_unavailable": "Audit log unavailable",
     "store_unavailable": "Store unavailable",
+    "provider_unavailable": "Credential provider unavailable",
     "internal_error": "Internal error",
 }
 # The code for an HTTP status raised by the framework itself (e.g. Starlette's 404/405).
