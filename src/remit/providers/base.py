@@ -71,3 +71,16 @@ class CredentialProvider(Protocol):
     def revoke(self, handle: str) -> None:
         """Undo what ``issue`` made; idempotent; raise ``ProviderUnavailable`` on failure."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """What a gateway puts into the one upstream call (``headers``) or the upstream
+    process it starts for this lease (``env``), for an ``inject_header`` or
+    ``inject_env`` obligation. Values are Secrets: revealed only at the socket or the
+    process boundary."""
+
+    lease_id: str
+    expires_at: float
+    headers: Mapping[str, Secret] = field(default_factory=dict, hash=False)
+    env: Mapping[str, Secret] = field(default_factory=dict, hash=False)
