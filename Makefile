@@ -23,8 +23,10 @@ demo: $(VENV)/.runtime
 	$(BIN)/remit demo
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
+# scripts/test-services.sh installs PostgreSQL if missing, starts a throwaway server,
+# runs pytest with REMIT_TEST_PG and REMIT_REQUIRE_PG=1 set, and stops it (also on failure).
 test: $(VENV)/.dev
-	@$(BIN)/python -m pytest -q; status=$$?; \
+	@scripts/test-services.sh run $(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
 bench: $(VENV)/.dev

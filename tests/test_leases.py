@@ -28,7 +28,15 @@ from remit.core.leases import (
 )
 from remit.core.pipeline import Obligation
 from remit.core.secrets import Secret
-from remit.errors import Conflict, InvalidRequest, NotFound, RemitError, TokenExpired, TokenRevoked
+from remit.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ProviderUnavailable,
+    RemitError,
+    TokenExpired,
+    TokenRevoked,
+)
 from remit.runtime import build_remit
 from remit.service import Remit
 
@@ -77,6 +85,14 @@ def session(lease_remit: Remit, clock: ManualClock) -> AgentSession:
 def _task(session: AgentSession, **intent: Any) -> TaskSession:
     tools = ["billing/charge", "billing/lookup", "docs/read", "ticket/read"]
     return open_task(session, tools=tools, **intent)
+
+
+def _header(remit: Remit, obligation: Obligation) -> tuple[str, Secret]:
+    """The one header an inject_header obligation stands for."""
+    injection = remit.credential_for(obligation)
+    assert injection.lease_id == obligation.ref and injection.env == {}
+    ((name, value),) = injection.headers.items()
+    return name, value
 
 
 def _obligation(decision: Any) -> Obligation:
@@ -155,7 +171,7 @@ def test_allowed_call_gets_an_inject_header_obligation(
     task = _task(session)
     decision = task.authorize("billing/charge", {"amount": 5})
     obligation = _obligation(decision)
-    header, value = lease_remit.credential_for(obligation)
+    header, value = _header(lease_remit, obligation)
     assert header == "Authorization" and value == Secret(f"Bearer {CANARY}")
     assert CANARY not in repr(decision) + repr(obligation) + repr(value)
     # Another call on the same tool reuses the task's open lease; another tool gets its own.
@@ -163,7 +179,7 @@ def test_allowed_call_gets_an_inject_header_obligation(
     assert again.ref == obligation.ref
     other = _obligation(task.authorize("billing/lookup", {}))
     assert other.ref != obligation.ref
-    assert lease_remit.credential_for(other) == ("X-Api-Key", Secret(CANARY))
+    assert _header(lease_remit, other) == ("X-Api-Key", Secret(CANARY))
     leases = lease_remit.list_leases(task_id=task.task_id)
     assert sorted((x.tool, x.state) for x in leases) == [
         ("billing/charge", LeaseState.OPEN),
@@ -193,9 +209,9 @@ def test_denied_call_gets_no_obligation_and_no_lease(
 def test_missing_secret_fails_closed(lease_remit: Remit, session: AgentSession) -> None:
     lease_remit.load_catalog(_catalog_data(CREDENTIALED.replace("billing.key", "not.stored")))
     task = _task(session)
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(ProviderUnavailable) as info:
         task.authorize("billing/charge", {})
-    assert info.value.reason == "unknown_secret"
+    assert (info.value.code, info.value.reason) == ("provider_unavailable", "unknown_secret")
     assert lease_remit.list_leases() == []
 
 
@@ -234,7 +250,7 @@ def test_operator_revokes_one_lease(lease_remit: Remit, session: AgentSession) -
     # The next allowed call on the still-open task gets a fresh lease.
     fresh = _obligation(task.authorize("billing/charge", {}))
     assert fresh.ref != obligation.ref
-    assert lease_remit.credential_for(fresh)[1] == Secret(f"Bearer {CANARY}")
+    assert _header(lease_remit, fresh)[1] == Secret(f"Bearer {CANARY}")
 
 
 def test_expired_lease_is_refused_and_reaped_by_sweep(
@@ -254,7 +270,7 @@ def test_expired_lease_is_refused_and_reaped_by_sweep(
     assert lease_remit.reap_leases() == []  # once only
     # The task goes on: its next call gets a new lease.
     fresh = _obligation(task.authorize("billing/charge", {}))
-    assert fresh.ref != obligation.ref and lease_remit.credential_for(fresh)[0] == "Authorization"
+    assert fresh.ref != obligation.ref and _header(lease_remit, fresh)[0] == "Authorization"
 
 
 def test_sweep_revokes_leases_of_expired_task_trees(
@@ -283,7 +299,7 @@ def test_credential_for_refuses_a_stopped_agent_and_a_withdrawn_credential(
     assert info.value.reason == "lease_revoked"
     lease_remit.set_kill_switch(False, agent_id=session.agent_id)
     obligation = _obligation(task.authorize("billing/charge", {"after": "stop lifted"}))
-    assert lease_remit.credential_for(obligation)[0] == "Authorization"
+    assert _header(lease_remit, obligation)[0] == "Authorization"
     lease_remit.load_catalog(_catalog_data(""))  # the tool is gone from the catalog
     with pytest.raises(TokenRevoked) as info:
         lease_remit.credential_for(obligation)
@@ -323,7 +339,7 @@ def test_canary_never_in_audit_decision_listing_or_errors(
 
 
 def test_migration_adds_the_leases_table(lease_remit: Remit) -> None:
-    assert lease_remit.store.schema_version() >= 6
+    assert lease_remit.store.schema_version() >= 7
     lease = Lease("lse_x", "task_x", "billing.key", "billing/charge", 1.0, 2.0)
     lease_remit.store.insert_lease(lease)
     with pytest.raises(Conflict):

@@ -88,6 +88,8 @@ EXIT_CODES = {
 EXIT_UNREACHABLE = 7  # the server could not be reached: unavailable, like a store outage
 EXIT_TESTS_FAILED = 1  # `policy test`: a case did not decide as expected
 EXIT_AUDIT_BROKEN = 8  # `audit verify`: the chain does not verify
+EXIT_FINDINGS = 11  # `analyze blast-radius --fail-on KIND`: a finding of that kind exists
+EXIT_CHANGES = 12  # `policy replay --fail-on-change`: a decision would change
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 MAX_INPUT_BYTES = 4 * 1024 * 1024
@@ -1629,6 +1631,18 @@ from remit.cli_analyze import analyze_app  # noqa: E402
 
 app.add_typer(analyze_app, name="analyze")
 
+# The standards report and the NHI inventory report (issue 7, items 5 and 6).
+from remit.cli_inventory import inventory_app  # noqa: E402
+from remit.cli_report import report_app  # noqa: E402
+
+app.add_typer(report_app, name="report")
+app.add_typer(inventory_app, name="inventory")
+
+# `policy replay`: re-decide recorded calls under a candidate set (its own module too).
+from remit.cli_replay import policy_replay  # noqa: E402
+
+policy_app.command("replay")(policy_replay)
+
 
 # ---------------------------------------------------------------------- leases
 
@@ -1642,17 +1656,25 @@ def leases_list(
         str | None,
         typer.Option(
             "--state",
-            help="Only leases in this state (open, revoked, expired).",
+            help="Only leases in this state (open, revoking, revoked, expired).",
             show_default=False,
         ),
     ] = None,
+    outstanding: Annotated[
+        bool,
+        typer.Option(
+            "--outstanding",
+            help="Only leases whose downstream revocation has not succeeded yet (retried).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """List credential leases: task, secret name, tool, state and dates (never values)."""
+    """List credential leases: task, credential, tool, state and dates (never values)."""
     output = Output(json_output)
     with _local(data_dir, output) as remit:
-        rows = [lease.to_data() for lease in remit.list_leases(task_id=task, state=state)]
+        found = remit.list_leases(task_id=task, state=state, outstanding=outstanding)
+        rows = [lease.to_data() for lease in found]
 
     def render(console: Console) -> None:
         table_rows = [
@@ -1664,6 +1686,7 @@ def leases_list(
                 _text(r["state"]),
                 _ts(r["expires_at"]),
                 _text(r["revoke_reason"] or ""),
+                _text(f"{r['revoke_attempts']} ({r['last_error']})" if r["outstanding"] else ""),
             )
             for r in rows
         ]
@@ -1671,7 +1694,7 @@ def leases_list(
             render_table(
                 f"leases ({len(rows)})",
                 table_rows,
-                ["lease", "task", "secret", "tool", "state", "expires", "reason"],
+                ["lease", "task", "secret", "tool", "state", "expires", "reason", "retries"],
             )
         )
 

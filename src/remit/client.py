@@ -304,6 +304,13 @@ class RemitClient:
         params = [("task_id", task_id)] if task_id is not None else None
         return self._json("GET", _agent_path(name, "effective-permissions"), params=params)
 
+    def blast_radius(self, name: str, *, days: int | None = None) -> dict[str, Any]:
+        """The agent's blast radius (``remit.core.blast_radius``): ``{format, agent_id,
+        policy_version, days, summary, nodes, edges, findings}``; usage from the last
+        ``days`` days of the audit log (server default 30)."""
+        params = [("days", str(days))] if days is not None else None
+        return self._json("GET", _agent_path(name, "blast-radius"), params=params)
+
     def suspend_agent(self, name: str, *, reason: str = "operator") -> Agent:
         return self._agent("POST", _agent_path(name, "suspend"), body={"reason": reason})
 
@@ -499,6 +506,48 @@ class RemitClient:
 
     def revoke_admin_token(self, token_id: str) -> None:
         self._send("DELETE", f"/v1/admin-tokens/{_segment(token_id)}")
+
+    # ------------------------------------------------------------------ secrets and leases
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """Names, versions and dates of the sealed secrets (never values)."""
+        return [_dict(x) for x in _list(self._json("GET", "/v1/secrets").get("secrets"))]
+
+    def put_secret(self, name: str, value: Secret) -> dict[str, Any]:
+        """Seal ``value`` as the next version of ``name`` (admin); it is never echoed."""
+        body = {"value": value.reveal()}
+        return self._json("PUT", f"/v1/secrets/{_segment(name)}", body=body)
+
+    def list_leases(
+        self,
+        *,
+        task_id: str | None = None,
+        state: str | None = None,
+        outstanding: bool = False,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        params = [("limit", str(limit))]
+        if task_id is not None:
+            params.append(("task", task_id))
+        if state is not None:
+            params.append(("state", state))
+        if outstanding:
+            params.append(("outstanding", "true"))
+        data = self._json("GET", "/v1/leases", params=params)
+        return [_dict(x) for x in _list(data.get("leases"))]
+
+    def get_lease(self, lease_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/leases/{_segment(lease_id)}")
+
+    def revoke_lease(self, lease_id: str, *, reason: str = "operator") -> dict[str, Any]:
+        path = f"/v1/leases/{_segment(lease_id)}/revoke"
+        return self._json("POST", path, body={"reason": reason})
+
+    def list_providers(self) -> list[dict[str, Any]]:
+        return [_dict(x) for x in _list(self._json("GET", "/v1/providers").get("providers"))]
+
+    def provider_jwks(self, name: str) -> dict[str, Any]:
+        """A signed-token provider's public keys (no authentication)."""
+        return self._json("GET", f"/v1/providers/{_segment(name)}/jwks", auth="none")
 
     # ------------------------------------------------------------------ public
     def jwks(self) -> dict[str, Any]:

@@ -51,6 +51,23 @@ class Settings:
     # needs them.
     master_key: Secret | None = None
     master_key_file: Path | None = None
+    # Leases (issue 6): the longest a downstream credential lease lives (always cut to its
+    # task's expiry; a catalog entry's ttl_seconds may only shorten it), and the credential
+    # providers, from the config file's [[credential_providers]] tables only (validated whole
+    # by remit.providers.registry; secrets referenced by sealed-secret name, never inline).
+    lease_ttl_seconds: int = 900
+    credential_providers: tuple[Mapping[str, object], ...] = ()
+    # Behaviour baselines and anomalies (issue 7; docs/alerts.md). The automatic response
+    # when a call's anomaly score reaches the threshold: none, require_approval or suspend.
+    # Alerts are POSTed to ``alert_webhook`` (REMIT_ALERT_WEBHOOK, http(s); empty: none).
+    anomaly_response: str = "none"
+    anomaly_threshold: int = 70
+    anomaly_warmup: int = 50  # allowed decisions before new-tool/destination/sequence findings
+    anomaly_history_days: int = 14  # decision records learned from at start
+    anomaly_rate_min_calls: int = 30
+    anomaly_denial_burst: int = 5
+    anomaly_dedupe_seconds: int = 300
+    alert_webhook: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +104,13 @@ _INT_FIELDS = {
     "key_overlap_seconds",
     "approval_ttl_seconds",
     "max_delegation_depth",
+    "lease_ttl_seconds",
+    "anomaly_threshold",
+    "anomaly_warmup",
+    "anomaly_history_days",
+    "anomaly_rate_min_calls",
+    "anomaly_denial_burst",
+    "anomaly_dedupe_seconds",
 }
 
 
@@ -97,6 +121,13 @@ _BOOL_FIELDS = {"audit_durable", "allow_self_approval"}
 
 def _convert(name: str, raw: object, where: str) -> object:
     """One setting from the environment (a string) or the config file (TOML values)."""
+    if name == "credential_providers":
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise InvalidRequest(
+                f"{where} must be [[credential_providers]] tables in the config file",
+                reason="bad_setting",
+            )
+        return tuple(raw)
     if name in _INT_FIELDS:
         if isinstance(raw, bool):
             raise InvalidRequest(f"{where} must be an integer", reason="bad_setting")

@@ -12,6 +12,7 @@ from remit.core.catalog import Catalog, catalog_from_data
 from remit.core.policy import PolicyEngine, PolicySource
 from remit.errors import InvalidRequest
 from remit.keystore import AuditSigner, FileKeyStore, check_settings_overlap
+from remit.providers.registry import build_registry
 from remit.service import Remit
 from remit.store.audit_log import AuditLog
 from remit.store.sql import SqlStore
@@ -84,6 +85,15 @@ def build_remit(
         catalog=catalog,
     )
     try:
+        remit.use_providers(
+            build_registry(
+                settings.credential_providers,
+                key_dir=settings.key_dir,
+                issuer=settings.issuer,
+                lookup_secret=remit._secret_value,
+                reveal_secret=remit.reveal_secret,
+            )
+        )
         # Reactivate the last good operator policy set; a policy dir in the settings replaces it.
         if settings.policy_dir is not None:
             remit.load_policies(read_policy_dir(settings.policy_dir))

@@ -10,6 +10,9 @@ refused ``decision``) and changes nothing else.
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 import secrets
 import threading
 import time
@@ -17,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar, cast
 
+from remit.alerts import Alerts
 from remit.approvals import StoreApprovalGate, WebhookNotifier
 from remit.canonical import JsonLimits, check_json, digest
 from remit.clock import Clock
@@ -46,15 +50,19 @@ from remit.core.identity import (
 from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
 from remit.core.labels import Labels
 from remit.core.leases import (
-    DEFAULT_LEASE_TTL,
     INJECT_HEADER,
+    MAX_LEASE_TTL,
+    OBLIGATION_KINDS,
     Lease,
     LeaseState,
+    lease_ttl,
     new_lease,
     reusable,
+    revoke_backoff,
 )
 from remit.core.mandate import Mandate, MandateLimits, build_mandate
-from remit.core.pipeline import BasicMonitor, CallRequest, Decision, Obligation, Pipeline
+from remit.core.monitor import Alert
+from remit.core.pipeline import CallRequest, Decision, LeaseStep, Obligation, Pipeline
 from remit.core.policy import (
     AgentEntity,
     PolicyEngine,
@@ -77,12 +85,17 @@ from remit.errors import (
     InvalidRequest,
     InvalidToken,
     NotFound,
+    ProviderUnavailable,
     RemitError,
     TokenExpired,
     TokenRevoked,
 )
 from remit.ids import SpiffeId, check_name, check_principal_id, new_id
 from remit.keystore import FileKeyStore, MasterKeyStore
+from remit.providers.base import CredentialProvider, Injection, IssueRequest
+from remit.providers.registry import ProviderRegistry
+from remit.providers.signed_token import KIND as SIGNED_TOKEN_KIND
+from remit.providers.static import StaticSecretProvider
 from remit.store.audit_log import AuditLog
 from remit.store.base import (
     AdminTokenRecord,
@@ -92,7 +105,9 @@ from remit.store.base import (
     StoredSecret,
     ToolPin,
 )
-from remit.store.sql import SqlStore
+from remit.store.sql import SqlStore, lease_values_name
+
+_log = logging.getLogger("remit.leases")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -259,49 +274,175 @@ class _State:
 
 class StoreLeaseResolver:
     """Step 7 over the store: an allowed call on a tool whose catalog entry names a
-    credential gets a lease on it (the task's open one, or a new one) and an
-    ``inject_header`` obligation naming the lease. No value is read here."""
+    credential is first checked by issuance policy (Cedar ``issue_credential``), then gets
+    a lease (the task's open shareable one, or a new one issued by the credential's
+    provider, its values sealed with the master key) and an ``inject_header`` or
+    ``inject_env`` obligation naming the lease. Issuance fails closed."""
 
     def __init__(
-        self, *, store: SqlStore, audit: AuditLog, clock: Clock, ttl_seconds: float
+        self,
+        *,
+        store: SqlStore,
+        audit: AuditLog,
+        clock: Clock,
+        ttl_seconds: float,
+        policy: PolicyEngine | None = None,
+        provider_for: Callable[[str, str], CredentialProvider | None] | None = None,
+        seal_values: Callable[[str, Mapping[str, Secret]], SealedSecret] | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
         self.clock = clock
         self.ttl = ttl_seconds
+        self.policy = policy
+        self.provider_for = provider_for
+        self.seal_values = seal_values
 
-    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]:
+    def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep:
         credential = spec.credential
         if credential is None:
-            return ()
+            return LeaseStep()
+        if self.policy is None or self.provider_for is None or self.seal_values is None:
+            raise ProviderUnavailable("no credential issuance here", reason="no_providers")
         now = self.clock.now()
-        current = self.store.find_open_lease(task.task_id, credential.secret, spec.name)
-        if current is not None and reusable(current, now, task.expires_at, self.ttl):
-            return (Obligation(INJECT_HEADER, current.lease_id),)
-        if self.store.get_secret(credential.secret) is None:
-            # Fail closed: a credentialed tool whose secret is missing is not called bare.
-            raise NotFound("the tool's credential is not stored", reason="unknown_secret")
+        source = credential.source
+        provider = self.provider_for(credential.provider or "", source)
+        kind = provider.kind if provider is not None else "unknown"
+        per_call = credential.per_call or kind == SIGNED_TOKEN_KIND
+        result = self.policy.evaluate(
+            PolicyRequest.issuance(
+                task.agent_id, source, _issue_context(task, spec, mode, kind, per_call)
+            )
+        )
+        if not result.allowed:
+            reasons = ("credential-denied", *result.reasons)
+            self.audit.append(
+                "lease.refused",
+                {
+                    "task": task.task_id,
+                    "tool": spec.name,
+                    "secret": source,
+                    "call": call_id,
+                    "reasons": list(reasons),
+                    "policy_version": result.version,
+                },
+            )
+            return LeaseStep(denied=reasons)
+        if provider is None:
+            raise ProviderUnavailable(
+                "the tool's credential provider is not configured", reason="unknown_provider"
+            )
+        ttl = lease_ttl(credential, self.ttl)
+        if not per_call:
+            current = self.store.find_open_lease(task.task_id, source, spec.name)
+            if (
+                current is not None
+                and current.handle
+                and current.obligation_kind == credential.obligation_kind
+                and reusable(current, now, task.expires_at, ttl)
+            ):
+                return LeaseStep((Obligation(current.obligation_kind, current.lease_id),))
         lease = new_lease(
             new_id("lse"),
             task_id=task.task_id,
-            secret_name=credential.secret,
+            secret_name=source,
             tool=spec.name,
             now=now,
             task_expires_at=task.expires_at,
-            ttl=self.ttl,
+            ttl=ttl,
+            provider=credential.provider or "",
+            kind=kind,
+            call_id=call_id,
+            per_call=per_call,
+            obligation_kind=credential.obligation_kind,
         )
-        self.store.insert_lease(lease)
+        request = IssueRequest(
+            lease_id=lease.lease_id,
+            task_id=task.task_id,
+            agent_id=task.agent_id,
+            tool=spec.name,
+            privilege=spec.privilege,
+            issued_at=now,
+            expires_at=lease.expires_at,
+            call_id=lease.call_id,
+            options={"act": {"sub": task.instance_id}},
+        )
+        audit_base = {
+            "lease": lease.lease_id,
+            "task": task.task_id,
+            "secret": source,
+            "provider": lease.provider or None,
+            "kind": kind,
+            "tool": spec.name,
+        }
+        try:
+            issued = provider.issue(request)
+            handle = issued.handle
+            if not isinstance(handle, str) or not handle or len(handle) > 256:
+                raise ProviderUnavailable("the provider returned a bad handle", reason="bad_handle")
+            sealed = self.seal_values(lease.lease_id, issued.values)
+        except Exception as exc:
+            failure = _provider_failure(exc, "issue_failed")
+            self.audit.append(
+                "lease.issue_failed", {**audit_base, "error": failure.code, "why": failure.reason}
+            )
+            raise failure from None
+        lease = replace(lease, handle=handle)
+        try:
+            self.store.insert_lease(lease, sealed)
+        except Exception:
+            try:  # nothing may be left downstream that no lease row can revoke
+                provider.revoke(handle)
+            except Exception:
+                _log.warning("lease %s: could not undo an unrecorded issue", lease.lease_id)
+            raise
         self.audit.append(
             "lease.issued",
             {
-                "lease": lease.lease_id,
-                "task": task.task_id,
-                "secret": lease.secret_name,
-                "tool": lease.tool,
+                **audit_base,
+                "handle": handle,
+                "per_call": per_call,
+                "call": lease.call_id,
                 "expires_at": lease.expires_at,
             },
         )
-        return (Obligation(INJECT_HEADER, lease.lease_id),)
+        return LeaseStep((Obligation(lease.obligation_kind, lease.lease_id),))
+
+
+def _issue_context(
+    task: Task, spec: ToolSpec, mode: Mode, kind: str, per_call: bool
+) -> dict[str, Any]:
+    """The Cedar context of ``issue_credential`` (``policy_pack.ISSUE_CONTEXT_ATTRIBUTES``)."""
+    return {
+        "mode": mode.value,
+        "task": {
+            "id": task.task_id,
+            "principal": task.principal_id,
+            "purpose": task.mandate.purpose,
+            "sensitivity_ceiling": int(task.mandate.sensitivity_ceiling),
+            "delegation_depth": task.depth,
+        },
+        "tool": spec.name,
+        "privilege": spec.privilege.value,
+        "tool_in_mandate": spec.name in task.mandate.tools,
+        "delegated": task.parent_id is not None,
+        "depth": task.depth,
+        "taint_sensitivity": int(task.taint.sensitivity),
+        "taint_flags": sorted(task.taint.flags),
+        "kind": kind,
+        "per_call": per_call,
+    }
+
+
+def _provider_failure(exc: BaseException, default_reason: str) -> ProviderUnavailable:
+    """A provider failure as ``provider_unavailable``: only a stable code and a short
+    reason survive, never the provider's own message (it might carry a secret)."""
+    if isinstance(exc, ProviderUnavailable):
+        return ProviderUnavailable(
+            "the credential provider is unavailable", reason=_short(exc.reason, 64)
+        )
+    reason = exc.reason if isinstance(exc, RemitError) else default_reason
+    return ProviderUnavailable("the credential provider is unavailable", reason=_short(reason, 64))
 
 
 class Remit:
@@ -321,6 +462,11 @@ class Remit:
     ) -> None:
         self.settings = settings
         self.masters = masters or MasterKeyStore.from_settings(settings)
+        if not 0 < settings.lease_ttl_seconds <= MAX_LEASE_TTL:
+            raise InvalidRequest("lease_ttl_seconds must be from 1 to 86400", reason="bad_setting")
+        # Credential providers by name (runtime.build_remit installs the configured ones).
+        self.providers = ProviderRegistry()
+        self.revoke_jitter: Callable[[], float] = random.SystemRandom().random
         self._secrets_lock = threading.Lock()
         self.store = store
         self.keys = keys
@@ -332,7 +478,15 @@ class Remit:
         self.tokens = TokenService(
             keys.keyset, issuer=settings.issuer, audience=settings.audience, clock=clock
         )
-        self.monitor = BasicMonitor(max_calls_per_minute=settings.max_calls_per_minute)
+        # Step 4 with behaviour baselines (remit.alerts): learns the recent audit log now.
+        self.alerts = Alerts(
+            settings=settings,
+            store=store,
+            audit=audit,
+            suspend=lambda agent_id: self.suspend_agent(agent_id, reason="anomaly"),
+        )
+        self.alerts.warm(clock.now())
+        self.monitor = self.alerts.monitor
         self.mandate_limits = MandateLimits(max_ttl_seconds=settings.max_task_ttl_seconds)
         self.state = _State(store)
         self.approval_notifier = WebhookNotifier(settings.approval_webhook, audit)
@@ -353,7 +507,13 @@ class Remit:
             monitor=self.monitor,
             approvals=self.approval_gate,
             leases=StoreLeaseResolver(
-                store=store, audit=audit, clock=clock, ttl_seconds=DEFAULT_LEASE_TTL
+                store=store,
+                audit=audit,
+                clock=clock,
+                ttl_seconds=float(settings.lease_ttl_seconds),
+                policy=policy,
+                provider_for=self._provider_for,
+                seal_values=self._seal_values,
             ),
         )
         self._refresh_entities()
@@ -365,6 +525,7 @@ class Remit:
 
     def close(self) -> None:
         self.approval_notifier.join(timeout=WEBHOOK_JOIN_SECONDS)
+        self.alerts.close()
         self.audit.close()
         self.store.close()
 
@@ -395,6 +556,7 @@ class Remit:
     def load_catalog(self, data: object) -> Catalog:
         def run() -> Catalog:
             catalog = catalog_from_data(data)
+            self._check_catalog_credentials(catalog, self.providers)
             self._catalog = catalog
             self._refresh_entities()
             self.audit.append("catalog.loaded", {"tools": sorted(catalog.tools)})
@@ -1081,6 +1243,7 @@ class Remit:
         reap leases whose TTL has run out; leases of tasks ended here are revoked."""
         now = self.clock.now()
         self.reap_leases()
+        self.retry_revocations()
         expired = self.store.expire_tasks(now)
         for task_id in expired:
             self.audit.append("task.expired", {"task": task_id, "reason": "ttl"})
@@ -1089,20 +1252,138 @@ class Remit:
         return expired
 
     # ------------------------------------------------------------------ leases
+    def use_providers(self, registry: ProviderRegistry) -> None:
+        """Install the configured credential providers (the composition root does this);
+        the catalog must name only configured ones."""
+        self._check_catalog_credentials(self._catalog, registry)
+        self.providers = registry
+        self.audit.append("providers.loaded", {"providers": registry.describe()})
+
+    def _check_catalog_credentials(self, catalog: Catalog, registry: ProviderRegistry) -> None:
+        for spec in catalog.tools.values():
+            credential = spec.credential
+            if credential is None:
+                continue
+            if credential.provider is not None and credential.provider not in registry:
+                raise InvalidRequest(
+                    f"tool {spec.name}: credential provider {credential.provider!r} is not "
+                    "configured",
+                    reason="bad_catalog",
+                )
+            if (
+                credential.ttl_seconds is not None
+                and credential.ttl_seconds > self.settings.lease_ttl_seconds
+            ):
+                raise InvalidRequest(
+                    f"tool {spec.name}: credential ttl_seconds is longer than "
+                    f"lease_ttl_seconds ({self.settings.lease_ttl_seconds})",
+                    reason="bad_catalog",
+                )
+
+    def _provider_for(self, provider: str, source: str) -> CredentialProvider | None:
+        """The configured provider ``provider``; "" is the implicit static provider of the
+        sealed secret ``source``."""
+        if provider:
+            return self.providers.get(provider)
+        return StaticSecretProvider(source, source, self._secret_value)
+
+    def _secret_value(self, name: str) -> tuple[Secret, int]:
+        record = self.store.get_secret(name)
+        if record is None:
+            raise NotFound("no such secret", reason="unknown_secret")
+        value = self._unseal(record.sealed)
+        self.audit.append("secret.revealed", {"name": name, "version": record.version})
+        return value, record.version
+
+    def _seal_values(self, lease_id: str, values: Mapping[str, Secret]) -> SealedSecret:
+        if not all(isinstance(v, Secret) for v in values.values()):
+            raise ProviderUnavailable("a provider returned a bare value", reason="bad_values")
+        plain = json.dumps({str(k): v.reveal() for k, v in values.items()})
+        return seal(lease_values_name(lease_id), Secret(plain), self.masters.active())
+
+    def _lease_values(self, lease: Lease) -> dict[str, Secret]:
+        sealed = self.store.get_lease_values(lease.lease_id)
+        if sealed is None:
+            raise TokenRevoked("the credential lease holds no value", reason="lease_revoked")
+        data = json.loads(self._unseal(sealed).reveal())
+        return {str(k): Secret(str(v)) for k, v in data.items()}
+
+    def provider_jwks(self, name: str) -> dict[str, Any]:
+        """The public JWKS an internal service verifies a signed-token provider's tokens with."""
+        found = self.providers.jwks(name) if isinstance(name, str) else None
+        if found is None:
+            raise NotFound("no such signed-token provider", reason="unknown_provider")
+        return found
+
+    def list_providers(self) -> list[dict[str, Any]]:
+        return self.providers.describe()
+
     def _end_lease(self, lease_id: str, state: LeaseState, reason: str) -> Lease | None:
-        lease = self.store.end_lease(lease_id, state, reason, self.clock.now())
-        if lease is not None:
-            self.audit.append(
-                f"lease.{state.value}",
-                {
-                    "lease": lease.lease_id,
-                    "task": lease.task_id,
-                    "secret": lease.secret_name,
-                    "tool": lease.tool,
-                    "reason": reason,
-                },
+        """End an open lease (``state``: revoked or expired) and revoke it downstream. A
+        failed revocation leaves it ``revoking`` (outstanding), retried by ``sweep``."""
+        lease = self.store.end_lease(
+            lease_id, LeaseState.REVOKING, reason, self.clock.now(), end_state=state
+        )
+        if lease is None:
+            return None
+        return self._attempt_revocation(lease)
+
+    def _attempt_revocation(self, lease: Lease) -> Lease:
+        now = self.clock.now()
+        attempts = lease.revoke_attempts + 1
+        base = {
+            "lease": lease.lease_id,
+            "task": lease.task_id,
+            "secret": lease.secret_name,
+            "provider": lease.provider or None,
+            "kind": lease.kind,
+            "tool": lease.tool,
+            "reason": lease.revoke_reason,
+            "attempts": attempts,
+        }
+        try:
+            provider = self._provider_for(lease.provider, lease.secret_name)
+            if provider is None:
+                raise ProviderUnavailable(
+                    "the lease's provider is not configured", reason="unknown_provider"
+                )
+            if lease.handle:
+                provider.revoke(lease.handle)
+        except Exception as exc:
+            failure = _provider_failure(exc, "revoke_failed")
+            delay = revoke_backoff(attempts, self.revoke_jitter())
+            settled = self.store.settle_revocation(
+                lease.lease_id,
+                ok=False,
+                attempts=attempts,
+                next_attempt_at=now + delay,
+                error=failure.reason,
             )
-        return lease
+            self.audit.append(
+                "lease.revoke_failed",
+                {**base, "error": failure.code, "why": failure.reason, "retry_at": now + delay},
+            )
+            _log.warning(
+                "lease %s: downstream revocation failed (%s), attempt %d, retry in %.1fs",
+                lease.lease_id,
+                failure.reason,
+                attempts,
+                delay,
+            )
+            return settled or lease
+        settled = self.store.settle_revocation(lease.lease_id, ok=True, attempts=attempts)
+        final = settled or lease
+        self.audit.append(f"lease.{final.state.value}", base)
+        return final
+
+    def retry_revocations(self) -> list[Lease]:
+        """Retry every outstanding (revoking) lease whose next attempt is due."""
+        done: list[Lease] = []
+        for lease_id in self.store.due_revocation_ids(self.clock.now()):
+            lease = self.store.get_lease(lease_id)
+            if lease is not None and lease.state is LeaseState.REVOKING:
+                done.append(self._attempt_revocation(lease))
+        return done
 
     def _end_task_leases(self, task_ids: Sequence[str], reason: str) -> list[Lease]:
         """Revoke every open lease of the ``task_ids`` (tasks that have just ended)."""
@@ -1116,7 +1397,7 @@ class Remit:
         return ended
 
     def reap_leases(self) -> list[Lease]:
-        """Mark open leases whose TTL has run out as expired (the reaper)."""
+        """End open leases whose TTL has run out, as expired (the reaper)."""
         reaped: list[Lease] = []
         for lease_id in self.store.expired_open_lease_ids(self.clock.now()):
             lease = self._end_lease(lease_id, LeaseState.EXPIRED, "ttl")
@@ -1125,17 +1406,29 @@ class Remit:
         return reaped
 
     def list_leases(
-        self, *, task_id: str | None = None, state: str | None = None, limit: int = 1000
+        self,
+        *,
+        task_id: str | None = None,
+        state: str | None = None,
+        outstanding: bool = False,
+        limit: int = 1000,
     ) -> list[Lease]:
-        """Leases (never values), oldest first."""
-        if not 0 < limit <= 10_000:
+        """Leases (never values), oldest first. ``outstanding``: those whose downstream
+        revocation has not succeeded yet (state ``revoking``)."""
+        if not isinstance(limit, int) or not 0 < limit <= 10_000:
             raise InvalidRequest("limit must be from 1 to 10000", reason="bad_limit")
         try:
             wanted = None if state is None else LeaseState(state)
         except ValueError:
             raise InvalidRequest(
-                "state must be open, revoked or expired", reason="bad_state"
+                "state must be open, revoking, revoked or expired", reason="bad_state"
             ) from None
+        if outstanding:
+            if wanted not in (None, LeaseState.REVOKING):
+                raise InvalidRequest("outstanding leases are in state revoking", reason="bad_state")
+            wanted = LeaseState.REVOKING
+        if task_id is not None and not isinstance(task_id, str):
+            raise InvalidRequest("task must be a string", reason="bad_task")
         return self.store.list_leases(task_id=task_id, state=wanted, limit=limit)
 
     def get_lease(self, lease_id: str) -> Lease:
@@ -1145,10 +1438,12 @@ class Remit:
         return lease
 
     def revoke_lease(self, lease_id: str, *, reason: str = "operator") -> Lease:
-        """An operator revokes one lease now."""
+        """An operator revokes one lease now (an outstanding one is retried at once)."""
 
         def run() -> Lease:
             lease = self.get_lease(lease_id)
+            if lease.state is LeaseState.REVOKING:
+                return self._attempt_revocation(lease)
             ended = self._end_lease(lease.lease_id, LeaseState.REVOKED, _short(reason))
             if ended is None:
                 raise Conflict("the lease has ended already", reason="lease_ended")
@@ -1156,24 +1451,32 @@ class Remit:
 
         return self._guard("lease.revoke", run, lease=_short(lease_id, 64))
 
-    def credential_for(self, obligation: Obligation) -> tuple[str, Secret]:
-        """For a gateway: the header (name, value) an ``inject_header`` obligation stands for.
+    def credential_for(self, obligation: Obligation) -> Injection:
+        """For a gateway: the headers (``inject_header``) or environment (``inject_env``)
+        an obligation stands for.
 
-        Refused unless the lease is open and unexpired, its task (and every ancestor) open,
-        its agent active and not stopped, and the tool still names that credential. The
-        value leaves only in the returned Secret: never in audit records or errors.
+        Refused unless the lease is open and unexpired (not revoking), a per-call lease is
+        unused, its task (and every ancestor) open, its agent active and not stopped, and
+        the tool still names that credential. Values leave only in the returned Secrets:
+        never in audit records or errors. A per-call lease is revoked once handed out.
         """
 
-        def run() -> tuple[str, Secret]:
-            if not isinstance(obligation, Obligation) or obligation.kind != INJECT_HEADER:
-                raise InvalidRequest("not an inject_header obligation", reason="bad_obligation")
+        def run() -> Injection:
+            if not isinstance(obligation, Obligation) or obligation.kind not in OBLIGATION_KINDS:
+                raise InvalidRequest("not a credential obligation", reason="bad_obligation")
             now = self.clock.now()
             lease = self.get_lease(obligation.ref)
+            if lease.obligation_kind != obligation.kind:
+                raise InvalidRequest(
+                    "the obligation does not match its lease", reason="bad_obligation"
+                )
             state = lease.effective_state(now)
             if state is LeaseState.EXPIRED:
                 raise TokenExpired("the credential lease has expired", reason="lease_expired")
             if state is not LeaseState.OPEN:
                 raise TokenRevoked("the credential lease was revoked", reason="lease_revoked")
+            if lease.per_call and lease.used_at is not None:
+                raise TokenRevoked("the per-call credential was used", reason="lease_used")
             task = self.store.get_task(lease.task_id)
             if (
                 task is None
@@ -1191,26 +1494,47 @@ class Remit:
                 raise TokenRevoked("the lease's agent is stopped", reason="lease_agent_stopped")
             spec = self._catalog.get(lease.tool)
             credential = spec.credential if spec is not None else None
-            if credential is None or credential.secret != lease.secret_name:
+            if (
+                credential is None
+                or credential.source != lease.secret_name
+                or (credential.provider or "") != lease.provider
+                or credential.obligation_kind != lease.obligation_kind
+            ):
                 raise TokenRevoked(
                     "the tool no longer names this credential", reason="credential_withdrawn"
                 )
-            record = self.store.get_secret(lease.secret_name)
-            if record is None:
-                raise NotFound("the leased secret is gone", reason="unknown_secret")
-            value = credential.render(self._unseal(record.sealed).reveal())
+            values = self._lease_values(lease)
+            if lease.obligation_kind == INJECT_HEADER and credential.header is not None:
+                injection = Injection(
+                    lease.lease_id,
+                    lease.expires_at,
+                    headers={credential.header: credential.render_header(values)},
+                )
+                where: dict[str, Any] = {"header": credential.header}
+            else:
+                injection = Injection(
+                    lease.lease_id, lease.expires_at, env=credential.render_env(values)
+                )
+                where = {"env": sorted(injection.env)}
+            if not self.store.mark_lease_used(lease.lease_id, now):
+                raise TokenRevoked("the per-call credential was used", reason="lease_used")
             self.audit.append(
                 "lease.used",
                 {
                     "lease": lease.lease_id,
                     "task": lease.task_id,
                     "secret": lease.secret_name,
-                    "version": record.version,
+                    "provider": lease.provider or None,
+                    "kind": lease.kind,
+                    "handle": lease.handle,
                     "tool": lease.tool,
-                    "header": credential.header,
+                    "per_call": lease.per_call,
+                    **where,
                 },
             )
-            return credential.header, Secret(value)
+            if lease.per_call:  # single use, then revoked
+                self._end_lease(lease.lease_id, LeaseState.REVOKED, "per-call credential used")
+            return injection
 
         ref = obligation.ref if isinstance(obligation, Obligation) else None
         return self._guard("lease.credential", run, lease=_short(ref, 64))
@@ -1424,7 +1748,14 @@ class Remit:
                     moved = rewrap(sealed, [master] if master is not None else [], new)
                     if self.store.rewrap_secret(moved, sealed.master_kid, self.clock.now()):
                         rewrapped += 1
+                for lease_id, held in self.store.list_lease_values():
+                    if held.master_kid == new.kid:
+                        continue
+                    master = self.masters.find(held.master_kid)
+                    moved = rewrap(held, [master] if master is not None else [], new)
+                    self.store.rewrap_lease_values(lease_id, moved, held.master_kid)
                 in_use = {r.sealed.master_kid for r in self.store.list_secrets()}
+                in_use |= {held.master_kid for _, held in self.store.list_lease_values()}
                 retired = tuple(self.masters.retire_unused(in_use))
                 self.audit.append(
                     "master_key.rotated",
@@ -1508,6 +1839,17 @@ class Remit:
         if not 0 < query.limit <= 10_000:
             raise InvalidRequest("limit must be from 1 to 10000", reason="bad_limit")
         return self.store.query_audit(query)
+
+    def list_alerts(
+        self,
+        *,
+        since: float | None = None,
+        agent: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[Alert]:
+        """Anomaly alerts, newest first (docs/alerts.md); ``kind`` is a finding kind."""
+        return self.alerts.list(since=since, agent=agent, kind=kind, limit=limit)
 
     def check_ready(self) -> None:
         """Raise StoreUnavailable or AuditUnavailable unless the store answers and the audit

@@ -51,6 +51,7 @@ tools:
   - {name: desk/crash, privilege: read, labels: [public]}
   - {name: desk/whoami_env, privilege: read, labels: [public]}
   - {name: desk/whoami_headers, privilege: read, labels: [public]}
+  - {name: desk/whoami_headers_plain, privilege: read, labels: [public]}
   - {name: time/get_current_time, privilege: read, labels: [public]}
   - {name: time/convert_time, privilege: read, labels: [public]}
   - {name: web/whoami_headers, privilege: read, labels: [public]}
@@ -64,6 +65,7 @@ ALL_TOOLS = [
     "desk/crash",
     "desk/whoami_env",
     "desk/whoami_headers",
+    "desk/whoami_headers_plain",
     "time/get_current_time",
     "time/convert_time",
     "web/whoami_headers",

@@ -4,14 +4,18 @@ Tools: ``read_ticket`` (untrusted content with a planted instruction),
 ``send_email``, ``wire_money`` (needs a human approval), ``echo`` (its description is read from ``ECHO_DESCRIPTION_FILE``
 at every ``tools/list``, so a test can change it live), ``hang`` (sleeps),
 ``crash`` (the process exits), ``whoami_env`` (reveals the credential the
-gateway injected, and its hash), ``whoami_headers`` (the same over HTTP).
+gateway injected, and its hash), ``whoami_headers`` (the same over HTTP, with the
+claims of a JWT credential decoded), ``whoami_headers_plain`` (the same, for a tool
+the catalog gives no credential).
 
 Usage: ``python upstream_server.py stdio`` or ``python upstream_server.py http PORT``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import sys
 import time
@@ -97,13 +101,39 @@ def whoami_env() -> str:
     return f"UPSTREAM_API_KEY={value} sha256={digest} pid={os.getpid()}"
 
 
-@server.tool()
-async def whoami_headers(ctx: Context) -> str:
-    """Reveal the credential header this request came with (HTTP only)."""
+def _claims(value: str) -> str:
+    """The (non-secret) claims of a JWT credential, as sorted JSON; "" for anything else."""
+    parts = value.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return ""
+    keep = {k: payload[k] for k in ("task", "lease", "tool", "aud") if k in payload}
+    return json.dumps(keep, sort_keys=True)
+
+
+def _whoami_headers(ctx: Context) -> str:
     headers = ctx.headers or {}
     value = headers.get("x-upstream-key", "")
     digest = hashlib.sha256(value.encode()).hexdigest()
-    return f"X-Upstream-Key={value} sha256={digest} remit-proof={'remit-proof' in headers}"
+    return (
+        f"X-Upstream-Key={value} sha256={digest} remit-proof={'remit-proof' in headers} "
+        f"claims={_claims(value)}"
+    )
+
+
+@server.tool()
+async def whoami_headers(ctx: Context) -> str:
+    """Reveal the credential header this request came with (HTTP only)."""
+    return _whoami_headers(ctx)
+
+
+@server.tool()
+async def whoami_headers_plain(ctx: Context) -> str:
+    """Reveal the credential header this request came with (HTTP only; no credential)."""
+    return _whoami_headers(ctx)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ def catalog_from_data(data: object) -> Catalog:
     Each tool: ``name``, ``privilege`` (read|write|act), ``destinations``
     (mapping of argument path to kind), ``labels`` (output labels), ``risk``
     (tags), ``description``, ``credential`` (``{secret, header, format}``: a sealed
-    secret leased per task and injected as a header). Unknown keys are refused: a typo must not
+    secret leased per task and injected as a header; or ``{provider, header, format,
+    value}`` / ``{provider, env}``, optionally ``per_call`` and ``ttl_seconds``: see
+    ``remit.core.leases``). Unknown keys are refused: a typo must not
     silently drop a restriction.
     """
     if not isinstance(data, Mapping) or set(data) - {"tools", "version"}:

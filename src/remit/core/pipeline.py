@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -120,11 +120,27 @@ class AuditSink(Protocol):
     def append(self, kind: str, data: Mapping[str, Any]) -> AuditRecord: ...
 
 
-class Monitor(Protocol):
-    """Step 4: kill switch, rate limits, anomaly signals."""
+@dataclass(frozen=True, slots=True)
+class MonitorVerdict:
+    """What step 4 found: deny reasons, the anomaly score (0..100) policy sees, reasons
+    that make an otherwise allowed call need approval, and what to record with the
+    decision (``anomaly`` in its audit record; JSON data, no arguments)."""
 
-    def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
-        """Return (deny reasons, anomaly score 0..100)."""
+    reasons: tuple[str, ...] = ()
+    score: int = 0
+    approval_reasons: tuple[str, ...] = ()
+    record: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+class Monitor(Protocol):
+    """Step 4: kill switch, rate limits, anomaly signals (``remit.core.monitor``)."""
+
+    def check(
+        self, task: Task, spec: ToolSpec, now: float, destinations: Sequence[str] = ()
+    ) -> MonitorVerdict: ...
+
+    def observe(self, decision: Decision, record: Mapping[str, Any], now: float) -> None:
+        """After step 8: learn from the decision and its audit record data."""
         ...
 
 
@@ -156,10 +172,21 @@ class ApprovalGate(Protocol):
     ) -> ApprovalStep: ...
 
 
-class LeaseResolver(Protocol):
-    """Step 7: obligations (credentials to inject) for an allowed call."""
+@dataclass(frozen=True, slots=True)
+class LeaseStep:
+    """What step 7 decided: the obligations, or (``denied``) the reasons issuance policy
+    refused the credential, which turn the call into a deny."""
 
-    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]: ...
+    obligations: tuple[Obligation, ...] = ()
+    denied: tuple[str, ...] = ()
+
+
+class LeaseResolver(Protocol):
+    """Step 7: obligations (credentials to inject) for an allowed call. ``call_id`` is the
+    decision id (per-call leases are bound to it). Raises (fails closed) when a credential
+    cannot be issued."""
+
+    def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep: ...
 
 
 class NoApprovals:
@@ -179,8 +206,8 @@ class NoApprovals:
 
 
 class NoLeases:
-    def obligations(self, task: Task, spec: ToolSpec) -> tuple[Obligation, ...]:
-        return ()
+    def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep:
+        return LeaseStep()
 
 
 class BasicMonitor:
@@ -193,9 +220,11 @@ class BasicMonitor:
         self._recent: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, task: Task, spec: ToolSpec, now: float) -> tuple[tuple[str, ...], int]:
+    def check(
+        self, task: Task, spec: ToolSpec, now: float, destinations: Sequence[str] = ()
+    ) -> MonitorVerdict:
         if self.killed_all or task.agent_id in self.killed_agents:
-            return (STOP_REASON,), 100
+            return MonitorVerdict((STOP_REASON,), 100)
         with self._lock:
             if len(self._recent) > 100_000:
                 self._recent.clear()
@@ -208,8 +237,14 @@ class BasicMonitor:
                 window.popleft()
             calls = len(window)
         if calls > self.max_calls_per_minute:
-            return ("rate-limit",), 80
-        return (), 0
+            return MonitorVerdict(("rate-limit",), 80)
+        return _QUIET
+
+    def observe(self, decision: Decision, record: Mapping[str, Any], now: float) -> None:
+        return None
+
+
+_QUIET = MonitorVerdict()
 
 
 class Pipeline:
@@ -246,12 +281,14 @@ class Pipeline:
         decision_id = new_id("dec")
         context: dict[str, Any] = {"decision_id": decision_id, "tool": _printable(call.tool)}
         try:
-            return self._authorize(call, decision_id, context)
+            decision = self._authorize(call, decision_id, context)
         except RemitError as exc:
             if exc.code == "audit_unavailable":
                 raise
             self._refusal_record(context, exc)
             raise
+        self.monitor.observe(decision, context, self.clock.now())
+        return decision
 
     def _refusal_record(self, context: dict[str, Any], exc: RemitError) -> None:
         data = {k: v for k, v in context.items() if not k.startswith("_")}
@@ -305,7 +342,10 @@ class Pipeline:
         mode = Mode.SHADOW if agent.mode is Mode.SHADOW or spec.shadow else Mode.ENFORCE
 
         # 4. Monitor. An emergency stop is never relaxed, not even in shadow mode.
-        monitor_reasons, anomaly = self.monitor.check(task, spec, now)
+        verdict = self.monitor.check(task, spec, now, ctx["destinations"])
+        monitor_reasons, anomaly = verdict.reasons, verdict.score
+        if verdict.record:
+            ctx["anomaly"] = verdict.record
         if STOP_REASON in monitor_reasons:
             mode = Mode.ENFORCE
 
@@ -329,16 +369,12 @@ class Pipeline:
         }
         ctx["mandate_violations"] = list(check.violations)
         ctx["monitor_reasons"] = list(monitor_reasons)
-        if not check.violations and not monitor_reasons and result.approval_reasons:
-            # Only approval policies said no: a human may consent to this one call.
-            reasons, outcome = result.approval_reasons, Outcome.APPROVAL_REQUIRED
-        elif check.violations or monitor_reasons or not result.allowed:
-            # A deny names what denied: mandate checks, monitor, then the forbidding policies.
-            policy_reasons = () if result.allowed else result.reasons
-            reasons = tuple(dict.fromkeys(check.violations + monitor_reasons + policy_reasons))
-            outcome = Outcome.DENY
-        else:
-            reasons, outcome = result.reasons, Outcome.ALLOW
+        outcome, reasons = combine_outcome(result, check.violations, monitor_reasons)
+        if verdict.approval_reasons and outcome is not Outcome.DENY:
+            # The monitor's automatic response: an anomalous call waits for a human.
+            kept = reasons if outcome is Outcome.APPROVAL_REQUIRED else ()
+            reasons = tuple(dict.fromkeys(kept + verdict.approval_reasons))
+            outcome = Outcome.APPROVAL_REQUIRED
         ctx["shadow_policies"] = list(result.shadow_reasons)
 
         # 6. Approval.
@@ -392,7 +428,10 @@ class Pipeline:
         # 7. Leases; then the jti, budget and taint in one transaction (DESIGN §2 step 9,
         # applied before the result exists, so no later report is needed).
         if allowed and spec is not None:
-            obligations = self.leases.obligations(task, spec)
+            leased = self.leases.obligations(task, spec, call_id=decision_id, mode=mode)
+            obligations = leased.obligations
+            if leased.denied:  # issuance policy said no: never a call without its credential
+                allowed, outcome, reasons = False, Outcome.DENY, leased.denied
         jti, jti_expires_at = ctx.pop("_jti")
         fresh, consumed = self.state.record_call(
             task_id=task.task_id,
@@ -578,6 +617,33 @@ class Pipeline:
         return PolicyRequest(
             agent_id=task.agent_id, action=spec.privilege.value, tool=spec.name, context=context
         )
+
+
+def combine_outcome(
+    result: PolicyResult,
+    mandate_violations: tuple[str, ...],
+    monitor_reasons: tuple[str, ...],
+    monitor_approval: tuple[str, ...] = (),
+) -> tuple[Outcome, tuple[str, ...]]:
+    """Steps 3-5 combined into one outcome, before approvals (step 6). Also used by
+    ``remit.core.replay`` to re-decide recorded calls: one rule, one place.
+    ``monitor_approval``: the monitor's reasons to make a call that is not denied wait
+    for a human (``MonitorVerdict.approval_reasons``)."""
+    if not mandate_violations and not monitor_reasons and result.approval_reasons:
+        # Only approval policies said no: a human may consent to this one call.
+        outcome, reasons = Outcome.APPROVAL_REQUIRED, result.approval_reasons
+    elif mandate_violations or monitor_reasons or not result.allowed:
+        # A deny names what denied: mandate checks, monitor, then the forbidding policies.
+        policy_reasons = () if result.allowed else result.reasons
+        reasons = tuple(dict.fromkeys(mandate_violations + monitor_reasons + policy_reasons))
+        return Outcome.DENY, reasons
+    else:
+        outcome, reasons = Outcome.ALLOW, result.reasons
+    if monitor_approval:
+        # The monitor's automatic response: an anomalous call waits for a human.
+        kept = reasons if outcome is Outcome.APPROVAL_REQUIRED else ()
+        return Outcome.APPROVAL_REQUIRED, tuple(dict.fromkeys(kept + monitor_approval))
+    return outcome, reasons
 
 
 def _printable(tool: object) -> str:

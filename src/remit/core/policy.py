@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import cedarpy
 
-from remit.core.policy_pack import ACTIONS, BASELINE, DELEGATE_ACTION, SCHEMA
+from remit.core.policy_pack import ACTIONS, BASELINE, DELEGATE_ACTION, ISSUE_ACTION, SCHEMA
 from remit.errors import InvalidRequest, PolicyInvalid
 
 __all__ = [
@@ -84,7 +84,7 @@ _MAX_ERROR_CHARS: Final = 300
 _LONG_QUOTE: Final = re.compile(r"`[^`]{64,}`")
 _ACTION_REF: Final = re.compile(r'Action::"([^"]*)"')
 _ANY: Final = "*"
-_LEAF_ACTIONS: Final = frozenset((*ACTIONS, DELEGATE_ACTION))
+_LEAF_ACTIONS: Final = frozenset((*ACTIONS, DELEGATE_ACTION, ISSUE_ACTION))
 _TOOL_ACTIONS_HINT: Final = (
     " (a policy that reads tool-call context must scope its action to the tool "
     'actions: action in [Action::"read", Action::"write", Action::"act"])'
@@ -143,7 +143,9 @@ class PolicyRequest:
     ``Tool::"<tool>"``. A delegation edge: ``action`` is ``"delegate"``,
     ``agent_id`` the delegating agent and ``resource_agent`` the receiving one
     (the resource is ``Agent::"<resource_agent>"``; ``tool`` must be ``""``).
-    Build one with ``PolicyRequest.delegation``.
+    Build one with ``PolicyRequest.delegation``. A credential issuance: ``action``
+    is ``"issue_credential"`` and the resource ``Credential::"<resource_credential>"``;
+    build one with ``PolicyRequest.issuance``.
     """
 
     agent_id: str
@@ -151,6 +153,20 @@ class PolicyRequest:
     tool: str
     context: Mapping[str, object]
     resource_agent: str | None = None
+    resource_credential: str | None = None
+
+    @classmethod
+    def issuance(
+        cls, agent_id: str, credential: str, context: Mapping[str, object]
+    ) -> PolicyRequest:
+        """Agent ``agent_id`` is to get a lease on ``credential`` (a provider or secret)."""
+        return cls(
+            agent_id=agent_id,
+            action=ISSUE_ACTION,
+            tool="",
+            context=context,
+            resource_credential=credential,
+        )
 
     @classmethod
     def delegation(
@@ -355,15 +371,22 @@ class PolicyEngine:
         compiled = state.compiled
         try:
             agent = request.resource_agent
+            credential = request.resource_credential
             if agent is not None and (not isinstance(agent, str) or request.tool):
                 raise ValueError("a request names a tool or an agent as its resource, not both")
+            if credential is not None and (
+                not isinstance(credential, str) or request.tool or agent is not None
+            ):
+                raise ValueError("a credential request names only the credential")
             chosen = (
                 compiled.slice_for(request.action, request.tool, agent)
                 if sliced
                 else compiled.unsliced
             )
             resource = (
-                {"type": "Tool", "id": request.tool}
+                {"type": "Credential", "id": credential}
+                if credential is not None
+                else {"type": "Tool", "id": request.tool}
                 if agent is None
                 else {"type": "Agent", "id": agent}
             )
@@ -577,7 +600,8 @@ class PolicyEngine:
             for template, names in grouped.items():
                 shown_actions = "/".join(f'"{a}"' for a in sorted(names))
                 problem = _clean(template.replace("Action::{}", f"Action::{shown_actions}"))
-                if names == [DELEGATE_ACTION] and "in context" in template:
+                other = {DELEGATE_ACTION, ISSUE_ACTION}
+                if names and set(names) <= other and "in context" in template:
                     problem += _TOOL_ACTIONS_HINT
                 problems.append(problem)
         return problems

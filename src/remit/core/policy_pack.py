@@ -62,6 +62,31 @@ and an operator closes an edge inside a domain with a forbid::
 
 ``@approval`` on a delegate forbid has no approval path (delegation is never
 held for a human): it simply denies.
+
+Credential issuance (issue 6) is a third kind of request: the action
+``issue_credential``, principal the calling ``Agent``, resource
+``Credential::"<provider or sealed secret name>"``, context
+``ISSUE_CONTEXT_ATTRIBUTES`` (the task, the tool and its privilege, whether the
+tool is in the mandate, delegation and depth, taint, the provider kind, whether
+the credential is per call, and the mode). It is asked after the call policy
+allowed a tool call whose catalog entry names a credential, on every such call
+(a reused lease included), and it is always enforced: a shadow-mode call does
+not get a credential that issuance policy forbids (an operator who wants that
+may permit it with ``context.mode == "shadow"``). Default-deny; the baseline:
+
+* ``permit-credential-within-mandate``: issue for a tool in the task's mandate;
+* ``no-credential-deep-delegation``: never to a delegated task deeper than
+  ``MAX_CREDENTIAL_DEPTH`` (1: a direct sub-task may hold a credential, its own
+  sub-tasks may not);
+* ``no-credential-delegated-restricted-taint``: never to a delegated task that
+  has read restricted data.
+
+An operator forbid stops issuance, e.g.::
+
+    @id("no-prod-db-for-researchers")
+    forbid (principal, action == Action::"issue_credential",
+            resource == Credential::"prod-db")
+    when { context.task.purpose like "*research*" };
 """
 
 from __future__ import annotations
@@ -80,6 +105,13 @@ DELEGATE_ACTION: Final = "delegate"
 
 Also a leaf. Its context is ``DELEGATE_CONTEXT_ATTRIBUTES``, not the tool-call one.
 """
+
+ISSUE_ACTION: Final = "issue_credential"
+"""The Cedar action credential issuance is checked as (principal Agent, resource
+Credential). A leaf; its context is ``ISSUE_CONTEXT_ATTRIBUTES``."""
+
+MAX_CREDENTIAL_DEPTH: Final = 1
+"""The deepest delegated task the baseline lets hold a downstream credential."""
 
 SENSITIVITY_LEVELS: Final[dict[str, int]] = {
     "public": 0,
@@ -121,6 +153,21 @@ DELEGATE_CONTEXT_ATTRIBUTES: Final[tuple[str, ...]] = (
     "taint_flags",
 )
 """Every attribute of a delegation context; all are required by ``SCHEMA``."""
+
+ISSUE_CONTEXT_ATTRIBUTES: Final[tuple[str, ...]] = (
+    "mode",
+    "task",
+    "tool",
+    "privilege",
+    "tool_in_mandate",
+    "delegated",
+    "depth",
+    "taint_sensitivity",
+    "taint_flags",
+    "kind",
+    "per_call",
+)
+"""Every attribute of a credential-issuance context; all are required by ``SCHEMA``."""
 
 SCHEMA: Final[str] = r"""
 // Remit's Cedar schema: what a tool-call decision can see.
@@ -189,6 +236,29 @@ action "delegate" appliesTo {
     same_trust_domain: Bool,            // A and B share a SPIFFE trust domain
     taint_sensitivity: Long,            // the parent's taint, inherited by the child
     taint_flags: Set<String>,
+  },
+};
+
+// A downstream credential, named by its provider (or sealed secret). uid id =
+// the name in the tool's catalog credential entry.
+entity Credential;
+
+// Issuing a credential for an allowed tool call (pipeline step 7).
+action "issue_credential" appliesTo {
+  principal: [Agent],
+  resource: [Credential],
+  context: {
+    mode: String,                       // the call's mode: "enforce" | "shadow"
+    task: TaskInfo,
+    tool: String,                       // the tool the credential is injected into
+    privilege: String,                  // its class: "read" | "write" | "act"
+    tool_in_mandate: Bool,
+    delegated: Bool,
+    depth: Long,                        // the task's delegation depth (0: a root task)
+    taint_sensitivity: Long,
+    taint_flags: Set<String>,
+    kind: String,                       // the provider kind: static, signed-token, postgres
+    per_call: Bool,                     // bound to this one call
   },
 };
 """
@@ -268,6 +338,22 @@ when { context.same_trust_domain };
 @id("no-restricted-data-to-other-owners")
 forbid (principal, action == Action::"delegate", resource)
 when { context.taint_sensitivity >= 3 && principal.owner != resource.owner };
+
+// Credential issuance (Action::"issue_credential", resource Credential) is
+// default-deny. The one baseline permit: for a tool the mandate names.
+@id("permit-credential-within-mandate")
+permit (principal, action == Action::"issue_credential", resource)
+when { context.tool_in_mandate };
+
+// Credentials stay near the top of a delegation chain (MAX_CREDENTIAL_DEPTH).
+@id("no-credential-deep-delegation")
+forbid (principal, action == Action::"issue_credential", resource)
+when { context.delegated && context.depth > 1 };
+
+// A delegated task that has read restricted data gets no downstream credential.
+@id("no-credential-delegated-restricted-taint")
+forbid (principal, action == Action::"issue_credential", resource)
+when { context.delegated && context.taint_sensitivity >= 3 };
 """
 
 BASELINE_IDS: Final[tuple[str, ...]] = (
@@ -281,5 +367,8 @@ BASELINE_IDS: Final[tuple[str, ...]] = (
     "approval-high-risk-act",
     "permit-delegation-same-trust-domain",
     "no-restricted-data-to-other-owners",
+    "permit-credential-within-mandate",
+    "no-credential-deep-delegation",
+    "no-credential-delegated-restricted-taint",
 )
 """The ``@id`` of every baseline policy, in file order (checked by the tests)."""

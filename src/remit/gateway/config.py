@@ -6,6 +6,8 @@ is refused, so a typo never drops a setting silently::
     [gateway]
     public_url = ""                 # HTTP: the URL proofs name (default: from the request)
     allowed_hosts = []              # HTTP: extra Host values (DNS-rebinding protection)
+    max_leased_upstreams = 32       # upstream processes/sessions started for leases, at most
+    lease_sweep_seconds = 10        # how often ended leases' processes/sessions are stopped
 
     [[upstreams]]
     name = "tickets"                # namespace: tickets__<tool> (wire), tickets/<tool> (Remit)
@@ -53,6 +55,9 @@ MAX_UPSTREAMS = 64
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_RELIST_SECONDS = 60.0
 DEFAULT_START_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_LEASED_UPSTREAMS = 32
+MAX_LEASED_UPSTREAMS = 1024
+DEFAULT_LEASE_SWEEP_SECONDS = 10.0
 MAX_TIMEOUT_SECONDS = 3600.0
 JOIN_TOKEN_ENV = "REMIT_JOIN_TOKEN"  # noqa: S105 - the name of a variable
 
@@ -67,7 +72,9 @@ _FORBIDDEN_HEADERS = frozenset(
 )
 
 _TOP_KEYS = frozenset({"gateway", "upstreams", "task"})
-_GATEWAY_KEYS = frozenset({"public_url", "allowed_hosts"})
+_GATEWAY_KEYS = frozenset(
+    {"public_url", "allowed_hosts", "max_leased_upstreams", "lease_sweep_seconds"}
+)
 _UPSTREAM_KEYS = frozenset(
     {
         "name",
@@ -85,6 +92,38 @@ _UPSTREAM_KEYS = frozenset(
     }
 )
 _TASK_KEYS = frozenset({"principal", "intent", "join_token"})
+
+
+def header_name_ok(name: object) -> bool:
+    """A header name the gateway may set on an upstream request (config or lease)."""
+    return (
+        isinstance(name, str)
+        and bool(_HEADER_NAME.match(name))
+        and name.lower() not in _FORBIDDEN_HEADERS
+    )
+
+
+# Variables that change what code a child runs, not what it authenticates with: a
+# credential never sets them.
+_FORBIDDEN_ENV = frozenset(
+    {
+        "PATH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+        "DYLD_INSERT_LIBRARIES",
+        "DYLD_LIBRARY_PATH",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "NODE_OPTIONS",
+    }
+)
+
+
+def env_name_ok(name: object) -> bool:
+    """A variable name a leased credential may set in an upstream's environment."""
+    return isinstance(name, str) and bool(_ENV_NAME.match(name)) and name not in _FORBIDDEN_ENV
 
 
 def _bad(message: str) -> InvalidRequest:
@@ -143,6 +182,10 @@ class GatewayConfig:
     task: TaskConfig | None = None
     public_url: str = ""
     allowed_hosts: tuple[str, ...] = ()
+    # Upstream connections started for leased credentials (a stdio process per lease, an
+    # HTTP session per lease): at most this many at once; ended ones are swept this often.
+    max_leased_upstreams: int = DEFAULT_MAX_LEASED_UPSTREAMS
+    lease_sweep_seconds: float = DEFAULT_LEASE_SWEEP_SECONDS
 
     def upstream(self, name: str) -> UpstreamConfig | None:
         return next((u for u in self.upstreams if u.name == name), None)
@@ -200,11 +243,23 @@ def gateway_config_from_data(data: object, env: Mapping[str, str]) -> GatewayCon
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
         raise _bad("gateway.allowed_hosts must be a list of host[:port] patterns")
     task = _task(top["task"], env) if top.get("task") is not None else None
+    leased = gateway.get("max_leased_upstreams", DEFAULT_MAX_LEASED_UPSTREAMS)
+    if (
+        isinstance(leased, bool)
+        or not isinstance(leased, int)
+        or not 0 <= leased <= MAX_LEASED_UPSTREAMS
+    ):
+        raise _bad(
+            f"gateway.max_leased_upstreams must be an integer from 0 to {MAX_LEASED_UPSTREAMS}"
+        )
+    sweep = _seconds(gateway, "lease_sweep_seconds", DEFAULT_LEASE_SWEEP_SECONDS, "[gateway]")
     return GatewayConfig(
         upstreams=upstreams,
         task=task,
         public_url=public_url.rstrip("/"),
         allowed_hosts=tuple(hosts),
+        max_leased_upstreams=leased,
+        lease_sweep_seconds=sweep,
     )
 
 

@@ -8,8 +8,10 @@ The gateway translates and forwards; Remit decides. For each ``tools/call``:
    again at every ``tools/list`` and on ``notifications/tools/list_changed``);
 3. Remit decides (the full pipeline: token, proof, mandate, policy, audit, taint);
    if it allows, Remit checks the definition against the admitted pin;
-4. only then is the call forwarded, unchanged, and the result returned unchanged
-   (except that a configured credential in it is redacted).
+4. if the decision carries credential obligations, Remit hands over what to inject
+   (``remit.gateway.leased``) and the call runs on a connection of that lease alone;
+5. only then is the call forwarded, unchanged, and the result returned unchanged
+   (except that any credential in it, configured or leased, is redacted).
 
 Anything else (deny, approval required, Remit unable to decide, unknown tool,
 upstream timeout or crash) is an error result naming a stable code; nothing is
@@ -32,13 +34,21 @@ from mcp.types import CallToolResult, Tool, ToolAnnotations
 
 from remit.canonical import digest
 from remit.core.catalog import Catalog, Privilege, ToolSpec, catalog_from_data
-from remit.core.pipeline import ARGUMENT_LIMITS, Decision, Outcome
-from remit.errors import Denied, NotFound, RemitError
-from remit.gateway.config import GatewayConfig
+from remit.core.pipeline import ARGUMENT_LIMITS, Decision, Obligation, Outcome
+from remit.core.secrets import Secret
+from remit.errors import Denied, NotFound, ProviderUnavailable, RemitError
+from remit.gateway.config import GatewayConfig, UpstreamConfig
+from remit.gateway.leased import (
+    ENDED_CODES,
+    LeasedUpstreams,
+    credential_obligations,
+    fetch_injections,
+)
 from remit.gateway.names import catalog_name, split_wire_name, wire_name
-from remit.gateway.redact import Redactor
+from remit.gateway.redact import LogFilter, Redactor
 from remit.gateway.results import gateway_error, refused_by_decision, refused_by_error
 from remit.gateway.upstream import Upstream, tool_definition
+from remit.providers.base import Injection
 
 if TYPE_CHECKING:
     from remit.client import RemitClient
@@ -66,13 +76,26 @@ class Caller(Protocol):
 
 
 class RemitView(Protocol):
-    """What the gateway reads from Remit besides decisions."""
+    """What the gateway reads from Remit besides decisions. The methods may block."""
 
     def tool_spec(self, tool: str) -> ToolSpec | None: ...
 
     def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
         """Raise ``Denied`` (``tool_not_admitted`` / ``tool_definition_changed``) unless the
         upstream's definition is the admitted one."""
+        ...
+
+    def credential(self, obligation: Obligation) -> Injection:
+        """What to inject for a credential obligation of an allowed call (``credential_for``);
+        raises a ``RemitError`` when the lease is no longer usable."""
+        ...
+
+    def lease_usable(self, lease_id: str) -> bool:
+        """Whether a lease is still open, without using it (the periodic sweep)."""
+        ...
+
+    def now(self) -> float:
+        """Remit's clock."""
         ...
 
 
@@ -87,6 +110,31 @@ class LocalRemitView:
 
     def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
         self._remit.check_tool_definition(tool, definition)
+
+    def credential(self, obligation: Obligation) -> Injection:
+        answer: object = self._remit.credential_for(obligation)
+        if isinstance(answer, Injection):
+            return answer
+        if (
+            isinstance(answer, tuple)
+            and len(answer) == 2
+            and isinstance(answer[0], str)
+            and isinstance(answer[1], Secret)
+        ):
+            # The header-only answer Remit gave before ``Injection`` (one header, by name).
+            lease = self._remit.get_lease(obligation.ref)
+            return Injection(obligation.ref, lease.expires_at, headers={answer[0]: answer[1]})
+        raise ProviderUnavailable("Remit returned no usable credential", reason="bad_injection")
+
+    def lease_usable(self, lease_id: str) -> bool:
+        try:
+            lease = self._remit.get_lease(lease_id)
+        except RemitError:
+            return False
+        return lease.usable(self._remit.clock.now())
+
+    def now(self) -> float:
+        return self._remit.clock.now()
 
 
 class RemoteRemitView:
@@ -106,12 +154,32 @@ class RemoteRemitView:
     def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
         self._client.check_tool_definition(tool, definition)
 
+    def credential(self, obligation: Obligation) -> Injection:
+        # Remit's HTTP API has no agent-authenticated endpoint that hands a lease's value to
+        # a gateway, and an operator token must never fetch credential values: a
+        # credentialed tool is refused (fail closed) until there is one.
+        raise ProviderUnavailable(
+            "this tool needs a leased credential, which a gateway with --remit-url cannot "
+            "obtain (Remit's HTTP API has no agent-authenticated credential endpoint); "
+            "run the gateway with an in-process Remit for credentialed tools",
+            reason="remote_credentials_unsupported",
+        )
+
+    def lease_usable(self, lease_id: str) -> bool:
+        return False
+
+    def now(self) -> float:
+        return time.time()
+
 
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     decision: Decision
     pin_refusal: RemitError | None = None
     approval_id: str | None = None  # the request this call waits for, if any
+    injections: tuple[Injection, ...] = ()  # what the allowed call must carry
+    single_use: bool = False  # a lease no longer usable once handed out (per call)
+    credential_refusal: RemitError | None = None  # no credential: the call is not forwarded
 
 
 # An approval that can no longer be used: the next identical call asks for a new one.
@@ -141,6 +209,9 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = {
             u.name: Upstream(u, self.redactor, stderr=stderr) for u in config.upstreams
         }
+        self.leased = LeasedUpstreams(
+            view, self.redactor, limit=config.max_leased_upstreams, stderr=stderr
+        )
         # (task, tool, argument digest) -> the approval request that call waits for, so that
         # repeating the exact call presents the approval once a human has given it.
         self._approvals: dict[tuple[str, str, str], str] = {}
@@ -151,18 +222,26 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         """Connect every upstream (one that fails is retried on its first call), serve, and
         stop them all on exit."""
-        async with anyio.create_task_group() as group:
-            for upstream in self.upstreams.values():
-                upstream.bind(group)
-            async with anyio.create_task_group() as starting:
+        log_filter = LogFilter(self.redactor)
+        logger.addFilter(log_filter)
+        try:
+            async with anyio.create_task_group() as group:
                 for upstream in self.upstreams.values():
-                    starting.start_soon(_connect_quietly, upstream)
-            try:
-                yield self
-            finally:
-                for upstream in self.upstreams.values():
-                    await upstream.aclose()
-                group.cancel_scope.cancel()
+                    upstream.bind(group)
+                self.leased.bind(group)
+                group.start_soon(self.leased.run_sweeper, self.config.lease_sweep_seconds)
+                async with anyio.create_task_group() as starting:
+                    for upstream in self.upstreams.values():
+                        starting.start_soon(_connect_quietly, upstream)
+                try:
+                    yield self
+                finally:
+                    await self.leased.close_all()
+                    for upstream in self.upstreams.values():
+                        await upstream.aclose()
+                    group.cancel_scope.cancel()
+        finally:
+            logger.removeFilter(log_filter)
 
     # ------------------------------------------------------------------ tools/list
     async def list_tools(self, caller: Caller) -> list[Tool]:
@@ -233,11 +312,16 @@ class Gateway:
                 route_error = exc
             else:
                 definition = tool_definition(found) if found is not None else None
+        forwardable = upstream is not None and definition is not None and route_error is None
+        target = upstream.config if forwardable and upstream is not None else None
         try:
             verdict = await anyio.to_thread.run_sync(
-                self._decide, caller, tool, arguments, definition, approval
+                self._decide, caller, tool, arguments, definition, approval, target
             )
         except RemitError as exc:
+            if exc.code in ENDED_CODES:
+                # The caller's task is over: so are the connections of its leases.
+                await self.leased.drop_task(caller.task_id, f"task refused ({exc.code})")
             return refused_by_error(exc)
         except Exception as exc:
             # Remit could not decide: fail closed, and say nothing more than that.
@@ -248,6 +332,12 @@ class Gateway:
             return refused_by_decision(decision, waiting_for=verdict.approval_id)
         if verdict.pin_refusal is not None:
             return refused_by_error(verdict.pin_refusal)
+        if verdict.credential_refusal is not None:
+            refusal = verdict.credential_refusal
+            if refusal.code in ENDED_CODES:
+                refs = [o.ref for o in decision.obligations]
+                await self.leased.drop_leases(refs, f"credential refused ({refusal.code})")
+            return refused_by_error(refusal, decision=decision)
         if upstream is None or parts is None:
             return gateway_error(
                 NotFound(f"no upstream serves {name}", reason="unknown_upstream"), decision=decision
@@ -260,7 +350,13 @@ class Gateway:
                 decision=decision,
             )
         try:
-            result = await upstream.call_tool(parts[1], arguments)
+            if verdict.injections:
+                async with self.leased.use(
+                    upstream, caller.task_id, verdict.injections, one_shot=verdict.single_use
+                ) as leased:
+                    result = await leased.call_tool(parts[1], arguments)
+            else:
+                result = await upstream.call_tool(parts[1], arguments)
         except RemitError as exc:
             return gateway_error(exc, decision=decision)
         return self.redactor.model(result)
@@ -272,8 +368,10 @@ class Gateway:
         arguments: Mapping[str, Any],
         definition: Mapping[str, Any] | None,
         approval: str | None,
+        target: UpstreamConfig | None = None,
     ) -> _Verdict:
-        """In a worker thread: Remit's decision, then (if allowed) the definition pin."""
+        """In a worker thread: Remit's decision, then (if allowed) the definition pin, then
+        (if the call can be forwarded to ``target``) the credentials its obligations name."""
         key: tuple[str, str, str] | None = None
         if approval is None and caller.task_id in self._waiting_tasks:
             try:
@@ -292,6 +390,27 @@ class Gateway:
                 self.view.check_tool_definition(tool, definition)
             except Denied as exc:
                 return _Verdict(decision, exc)
+        if decision.allowed and decision.obligations:
+            try:
+                obligations = credential_obligations(decision.obligations)
+                injections = (
+                    fetch_injections(self.view, target, obligations, self.redactor)
+                    if target is not None and obligations
+                    else ()
+                )
+                # A lease already spent by handing it out serves this one call only.
+                single_use = not all(self.view.lease_usable(i.lease_id) for i in injections)
+            except RemitError as exc:
+                return _Verdict(decision, credential_refusal=exc)
+            except Exception as exc:  # fail closed, and say nothing more than that
+                logger.error("call %s: credential failed (%s)", tool, type(exc).__name__)
+                refusal = ProviderUnavailable(
+                    "the credential could not be obtained", reason="internal"
+                )
+                return _Verdict(decision, credential_refusal=refusal)
+            return _Verdict(
+                decision, approval_id=waiting, injections=injections, single_use=single_use
+            )
         return _Verdict(decision, approval_id=waiting)
 
     def _remember(

@@ -63,13 +63,18 @@ def refused_by_decision(decision: Decision, *, waiting_for: str | None = None) -
     return _result(f"remit denied (denied): {why}", data)
 
 
-def refused_by_error(exc: RemitError) -> CallToolResult:
-    """Remit refused the request or could not decide (fail closed): nothing was forwarded."""
+def refused_by_error(exc: RemitError, *, decision: Decision | None = None) -> CallToolResult:
+    """Remit refused the request or could not decide, or an allowed call's credential could
+    not be obtained (``decision``: the allowing decision). Fail closed: nothing was
+    forwarded."""
     if exc.code == "denied":
         text = f"remit denied (denied): {exc.reason}: {exc.message}"
     else:
         text = f"remit refused ({exc.code}): {exc.message} [{exc.reason}]"
-    return _result(text, {"code": exc.code, "reason": exc.reason, "forwarded": False})
+    data: dict[str, Any] = {"code": exc.code, "reason": exc.reason, "forwarded": False}
+    if decision is not None:
+        data["decision"] = decision_data(decision)
+    return _result(text, data)
 
 
 def gateway_error(exc: RemitError, *, decision: Decision | None = None) -> CallToolResult:

@@ -10,7 +10,9 @@ upstream failing never affects the others.
 
 Credentials from the configuration go into the child's environment (stdio)
 or the request headers (HTTP) and nowhere else. A stdio server's stderr is
-passed on with every credential redacted.
+passed on with every credential redacted. A connection started for a leased
+credential (``remit.gateway.leased``) is an ``Upstream`` of its own, on a
+config with the lease's env or headers merged in.
 """
 
 from __future__ import annotations
@@ -110,9 +112,15 @@ class Upstream:
         *,
         stderr: TextIO | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        label: str | None = None,
+        list_on_connect: bool = True,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.label = label or config.name  # in stderr prefixes and log lines
+        self._list_on_connect = list_on_connect
+        self._done: anyio.Event | None = None
+        self._stopped = False
         self._redactor = redactor
         self._monotonic = monotonic
         self._stderr = stderr if stderr is not None else sys.stderr
@@ -128,7 +136,7 @@ class Upstream:
         self.connects = 0
 
     def __repr__(self) -> str:
-        return f"Upstream({self.name!r})"
+        return f"Upstream({self.label!r})"
 
     @property
     def timeout(self) -> float:
@@ -151,11 +159,21 @@ class Upstream:
             self._pump.close()
             self._pump = None
 
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Close the connection and wait (at most ``timeout``) until it is gone: for a
+        stdio server, until the process has exited."""
+        done = self._done
+        await self.aclose()
+        self._stopped = True  # never restarted
+        if done is not None:
+            with anyio.move_on_after(timeout):
+                await done.wait()
+
     def _mark_down(self, why: str) -> None:
         """Drop the connection; the next call reconnects (after the backoff delay)."""
         if self._client is None:
             return
-        logger.warning("upstream %s: connection lost (%s)", self.name, why)
+        logger.warning("upstream %s: connection lost (%s)", self.label, why)
         self._client = None
         self._tools = None
         if self._stop is not None:
@@ -175,6 +193,8 @@ class Upstream:
         async with self._lock:
             if self._client is not None:
                 return self._client
+            if self._stopped:
+                raise UpstreamUnavailable(f"upstream {self.name} was stopped", reason="stopped")
             wait = self._next_attempt - self._monotonic()
             if wait > 0:
                 raise UpstreamUnavailable(
@@ -195,7 +215,7 @@ class Upstream:
                     f"upstream {self.name} is unavailable", reason="connection_lost"
                 )
             if self.connects > 1:
-                logger.info("upstream %s: reconnected", self.name)
+                logger.info("upstream %s: reconnected", self.label)
             return self._client
 
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
@@ -206,6 +226,7 @@ class Upstream:
         the next call reconnects after the backoff delay.
         """
         stop = anyio.Event()
+        done = self._done = anyio.Event()
         started = False
         try:
             async with AsyncExitStack() as stack:
@@ -224,7 +245,8 @@ class Upstream:
                         message_handler=self._on_message,
                     )
                 )
-                self._set_tools(await _list_all(client))
+                if self._list_on_connect:
+                    self._set_tools(await _list_all(client))
                 scope.deadline = math.inf
                 self._client, self._stop = client, stop
                 self.connects += 1
@@ -237,25 +259,26 @@ class Upstream:
             raise
         except Exception as exc:
             if not started:
-                logger.warning("upstream %s: start failed (%s)", self.name, type(exc).__name__)
+                logger.warning("upstream %s: start failed (%s)", self.label, type(exc).__name__)
                 raise UpstreamUnavailable(
                     f"upstream {self.name} could not be started"
                     + (" (timed out)" if isinstance(exc, TimeoutError) else ""),
                     reason="start_failed",
                 ) from None
-            logger.warning("upstream %s: connection ended (%s)", self.name, type(exc).__name__)
+            logger.warning("upstream %s: connection ended (%s)", self.label, type(exc).__name__)
             if self._stop is stop and not stop.is_set():
                 self._tools = None
                 self._schedule_retry()
         finally:
             if self._stop is stop:
                 self._client = None
+            done.set()
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
         target = self.config.target
         if isinstance(target, StdioTarget):
             if self._pump is None:
-                self._pump = _StderrPump(self.name, self._redactor, self._stderr)
+                self._pump = _StderrPump(self.label, self._redactor, self._stderr)
             env = dict(target.public_env)
             env.update({k: v.reveal() for k, v in target.env.items()})
             params = StdioServerParameters(
@@ -343,7 +366,7 @@ class Upstream:
             return UpstreamUnavailable(
                 f"upstream {self.name} is unavailable", reason="connection_lost"
             )
-        logger.warning("upstream %s: bad answer (%s)", self.name, type(exc).__name__)
+        logger.warning("upstream %s: bad answer (%s)", self.label, type(exc).__name__)
         return UpstreamFailed(
             f"upstream {self.name} sent an answer the gateway could not accept",
             reason="bad_answer",

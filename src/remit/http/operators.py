@@ -20,7 +20,15 @@ from remit.core.policy import PolicySource
 from remit.core.policy_cases import evaluate_case, parse_cases
 from remit.errors import InvalidRequest, PolicyInvalid
 from remit.http.auth import OperatorCredentials, operator
+from remit.http.blast_radius_wire import (
+    DEFAULT_DAYS,
+    BlastRadiusOut,
+    DaysParam,
+    blast_radius_out,
+)
+from remit.http.leases import LEASE_ROUTE_SCOPES, add_lease_routes
 from remit.http.problems import BODY_ERRORS, documented
+from remit.http.reports_wire import REPORT_ROUTE_SCOPES, add_report_routes
 from remit.http.wire import (
     AGENT_NAME_PATTERN,
     AdminTokenCreatedOut,
@@ -74,6 +82,7 @@ from remit.http.wire import (
 from remit.ids import SpiffeId
 from remit.service import AdminIdentity, Remit
 from remit.store.base import AuditQuery
+from remit.visibility import agent_blast_radius
 
 # (method, path template) -> the scope an operator token needs.
 ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
@@ -85,6 +94,7 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("POST", "/v1/agents/{name}/retire"): "admin",
     ("PUT", "/v1/agents/{name}/mode"): "admin",
     ("GET", "/v1/agents/{name}/effective-permissions"): "readonly",
+    ("GET", "/v1/agents/{name}/blast-radius"): "readonly",
     ("POST", "/v1/agents/{name}/join-tokens"): "admin",
     ("POST", "/v1/principals"): "admin",
     ("GET", "/v1/tasks/{task_id}"): "readonly",
@@ -112,6 +122,8 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/approvals/{approval_id}"): "approver",
     ("POST", "/v1/approvals/{approval_id}/approve"): "approver",
     ("POST", "/v1/approvals/{approval_id}/deny"): "approver",
+    **LEASE_ROUTE_SCOPES,
+    **REPORT_ROUTE_SCOPES,
 }
 SCOPE_EXTENSION: Final = "x-remit-scope"
 TASK_ID_CONVERTOR: Final = "remit_task_id"
@@ -226,6 +238,10 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
             policy_version=version,
             permissions=[permission_out(p) for p in found],
         )
+
+    @route("GET", "/v1/agents/{name}/blast-radius", 400, 404, response_model=BlastRadiusOut)
+    def blast_radius(name: AgentNameParam, days: DaysParam = DEFAULT_DAYS) -> BlastRadiusOut:
+        return blast_radius_out(agent_blast_radius(remit, agent_id(name), days=days))
 
     @route(
         "POST",
@@ -500,6 +516,12 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
     def revoke_admin_token(token_id: IdParam) -> Response:
         remit.revoke_admin_token(token_id)
         return Response(status_code=204)
+
+    # ------------------------------------------------------------------ secrets and leases
+    add_lease_routes(router, remit, route)
+
+    # ------------------------------------------------------------------ reports
+    add_report_routes(router, remit, route)
 
 
 def _sources(files: Iterable[tuple[str, str]]) -> list[PolicySource]:

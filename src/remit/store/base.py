@@ -172,15 +172,35 @@ class Store(Protocol):
     ) -> bool: ...  # atomic: only if the row is still that version under old_kid
 
     # --- leases (ending one is a conditional update: only an open lease ends, once)
-    def insert_lease(self, lease: Lease) -> None: ...
+    def insert_lease(self, lease: Lease, values: SealedSecret | None = None) -> None: ...
     def get_lease(self, lease_id: str) -> Lease | None: ...
+    def get_lease_values(self, lease_id: str) -> SealedSecret | None: ...  # None once ended
+    def list_lease_values(self) -> list[tuple[str, SealedSecret]]: ...
+    def rewrap_lease_values(self, lease_id: str, sealed: SealedSecret, old_kid: str) -> bool: ...
     def list_leases(
         self, *, task_id: str | None = None, state: LeaseState | None = None, limit: int = 1000
     ) -> list[Lease]: ...
     def find_open_lease(self, task_id: str, secret_name: str, tool: str) -> Lease | None: ...
+    def mark_lease_used(self, lease_id: str, now: float) -> bool: ...  # atomic; per-call: once
     def end_lease(
-        self, lease_id: str, state: LeaseState, reason: str, now: float
-    ) -> Lease | None: ...  # atomic
+        self,
+        lease_id: str,
+        state: LeaseState,
+        reason: str,
+        now: float,
+        *,
+        end_state: LeaseState | None = None,
+    ) -> Lease | None: ...  # atomic: only an open lease; deletes its sealed values
+    def settle_revocation(
+        self,
+        lease_id: str,
+        *,
+        ok: bool,
+        attempts: int,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+    ) -> Lease | None: ...  # a revoking lease: to its end state, or the retry recorded
+    def due_revocation_ids(self, now: float, limit: int = 1000) -> list[str]: ...
     def open_lease_ids(self, task_ids: Sequence[str]) -> list[str]: ...
     def expired_open_lease_ids(self, now: float) -> list[str]: ...
 

@@ -16,6 +16,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
+    text,
 )
 
 metadata = MetaData()
@@ -247,6 +249,41 @@ leases = Table(
     Column("state", String(16), nullable=False),
     Index("ix_leases_task_state", "task_id", "state"),
     Index("ix_leases_state_expires", "state", "expires_at"),
+    # v7 (issue 6, providers): nullable so they can be added to an existing table.
+    Column("provider", String(64), nullable=True),  # configured provider; NULL: implicit static
+    Column("kind", String(32), nullable=True),
+    Column("handle", String(256), nullable=True),  # the provider's non-secret revoke handle
+    Column("call_id", String(64), nullable=True),  # the decision of a per-call lease
+    Column("per_call", Boolean, nullable=True),
+    Column("obligation_kind", String(16), nullable=True),
+    Column("used_at", Float, nullable=True),
+    Column("end_state", String(16), nullable=True),  # revoked/expired, once revocation succeeds
+    Column("revoke_attempts", Integer, nullable=True),
+    Column("next_attempt_at", Float, nullable=True),
+    Column("last_error", String(64), nullable=True),  # a stable error code, never a message
+    # The issued values, sealed (remit.core.sealing; AAD names the lease); NULL once ended.
+    Column("values_kid", String(32), nullable=True),
+    Column("values_wrapped", LargeBinary, nullable=True),
+    Column("values_nonce", LargeBinary, nullable=True),
+    Column("values_ciphertext", LargeBinary, nullable=True),
+)
+ix_leases_revoking = Index("ix_leases_state_next", leases.c.state, leases.c.next_attempt_at)
+LEASE_V7_COLUMNS = (
+    "provider",
+    "kind",
+    "handle",
+    "call_id",
+    "per_call",
+    "obligation_kind",
+    "used_at",
+    "end_state",
+    "revoke_attempts",
+    "next_attempt_at",
+    "last_error",
+    "values_kid",
+    "values_wrapped",
+    "values_nonce",
+    "values_ciphertext",
 )
 
 
@@ -274,6 +311,20 @@ def _v6(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
 
 
+def _v7(conn: Connection) -> None:
+    """Lease providers and revocation retries: ``ALTER TABLE leases ADD COLUMN`` for each
+    v7 column an older table lacks (a table created by v6 today has them already)."""
+    present = {c["name"] for c in inspect(conn).get_columns("leases")}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in LEASE_V7_COLUMNS:
+        if name in present:
+            continue
+        column = leases.c[name]
+        ddl = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {quote('leases')} ADD COLUMN {quote(name)} {ddl}"))
+    ix_leases_revoking.create(conn, checkfirst=True)
+
+
 # Forward-only: append new steps, never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
@@ -282,4 +333,5 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _v4),
     (5, _v5),
     (6, _v6),
+    (7, _v7),
 ]

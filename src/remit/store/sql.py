@@ -19,6 +19,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -32,7 +33,7 @@ from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
 from remit.core.labels import FLAGS, Labels, Sensitivity
-from remit.core.leases import Lease, LeaseState
+from remit.core.leases import INJECT_HEADER, STATIC_KIND, Lease, LeaseState
 from remit.core.mandate import Mandate
 from remit.core.sealing import SealedSecret
 from remit.core.tasks import Task, TaskStatus
@@ -960,10 +961,19 @@ class SqlStore:
             return done.rowcount == 1
 
     # ------------------------------------------------------------------ leases
-    def insert_lease(self, lease: Lease) -> None:
+    def insert_lease(self, lease: Lease, values: SealedSecret | None = None) -> None:
+        """A new lease, with its issued values sealed (``values``), in one row."""
+        row = _lease_row(lease)
+        if values is not None:
+            row.update(
+                values_kid=values.master_kid,
+                values_wrapped=values.wrapped_key,
+                values_nonce=values.nonce,
+                values_ciphertext=values.ciphertext,
+            )
         try:
             with self._tx() as conn:
-                conn.execute(insert(t.leases).values(**_lease_row(lease)))
+                conn.execute(insert(t.leases).values(**row))
         except IntegrityError:
             raise Conflict("the lease exists already", reason="lease_exists") from None
 
@@ -972,8 +982,60 @@ class SqlStore:
             row = conn.execute(select(t.leases).where(t.leases.c.lease_id == lease_id)).first()
         return _lease_from(row) if row else None
 
+    def get_lease_values(self, lease_id: str) -> SealedSecret | None:
+        """The sealed issued values of a lease (None once it has ended, or if it has none);
+        ``name`` is the sealing name, ``lease:<id>``."""
+        c = t.leases.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(c.values_kid, c.values_wrapped, c.values_nonce, c.values_ciphertext).where(
+                    c.lease_id == lease_id, c.values_ciphertext.is_not(None)
+                )
+            ).first()
+        if row is None:
+            return None
+        return SealedSecret(
+            name=lease_values_name(lease_id),
+            version=1,
+            master_kid=row.values_kid,
+            wrapped_key=bytes(row.values_wrapped),
+            nonce=bytes(row.values_nonce),
+            ciphertext=bytes(row.values_ciphertext),
+        )
+
+    def list_lease_values(self) -> list[tuple[str, SealedSecret]]:
+        """Every lease still holding sealed values (for master key rotation)."""
+        c = t.leases.c
+        with self._tx() as conn:
+            ids = conn.execute(select(c.lease_id).where(c.values_ciphertext.is_not(None)))
+            lease_ids = [str(x) for x in ids.scalars().all()]
+        found: list[tuple[str, SealedSecret]] = []
+        for lease_id in lease_ids:
+            sealed = self.get_lease_values(lease_id)
+            if sealed is not None:
+                found.append((lease_id, sealed))
+        return found
+
+    def rewrap_lease_values(self, lease_id: str, sealed: SealedSecret, old_kid: str) -> bool:
+        c = t.leases.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.leases)
+                .where(
+                    c.lease_id == lease_id,
+                    c.values_kid == old_kid,
+                    c.values_ciphertext.is_not(None),
+                )
+                .values(values_kid=sealed.master_kid, values_wrapped=sealed.wrapped_key)
+            )
+            return done.rowcount == 1
+
     def list_leases(
-        self, *, task_id: str | None = None, state: LeaseState | None = None, limit: int = 1000
+        self,
+        *,
+        task_id: str | None = None,
+        state: LeaseState | None = None,
+        limit: int = 1000,
     ) -> list[Lease]:
         c = t.leases.c
         stmt = select(t.leases)
@@ -987,7 +1049,8 @@ class SqlStore:
         return [_lease_from(r) for r in rows]
 
     def find_open_lease(self, task_id: str, secret_name: str, tool: str) -> Lease | None:
-        """The task's latest open lease on ``secret_name`` for ``tool``, if any."""
+        """The task's latest open, shareable (not per-call) lease on ``secret_name`` (the
+        credential source) for ``tool``, if any."""
         c = t.leases.c
         with self._tx() as conn:
             row = conn.execute(
@@ -997,26 +1060,114 @@ class SqlStore:
                     c.secret_name == secret_name,
                     c.tool == tool,
                     c.state == LeaseState.OPEN.value,
+                    or_(c.per_call.is_(None), c.per_call.is_(False)),
                 )
                 .order_by(c.expires_at.desc())
                 .limit(1)
             ).first()
         return _lease_from(row) if row else None
 
-    def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> Lease | None:
-        """Move an open lease to ``state`` (revoked or expired), conditionally: None if it
-        was not open (someone else ended it first)."""
+    def mark_lease_used(self, lease_id: str, now: float) -> bool:
+        """Record a use; for a per-call lease only the first use succeeds (atomic)."""
+        c = t.leases.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.leases)
+                .where(
+                    c.lease_id == lease_id,
+                    c.state == LeaseState.OPEN.value,
+                    or_(c.per_call.is_(None), c.per_call.is_(False), c.used_at.is_(None)),
+                )
+                .values(used_at=now)
+            )
+            return done.rowcount == 1
+
+    def end_lease(
+        self,
+        lease_id: str,
+        state: LeaseState,
+        reason: str,
+        now: float,
+        *,
+        end_state: LeaseState | None = None,
+    ) -> Lease | None:
+        """Move an open lease to ``state`` (revoking, revoked or expired), conditionally: None
+        if it was not open (someone else ended it first). Its sealed values are deleted in
+        the same update: an ended lease is never usable. ``end_state`` is what a
+        ``revoking`` lease becomes once the downstream revocation succeeds."""
         c = t.leases.c
         with self._tx() as conn:
             done = conn.execute(
                 update(t.leases)
                 .where(c.lease_id == lease_id, c.state == LeaseState.OPEN.value)
-                .values(state=state.value, revoked_at=now, revoke_reason=reason)
+                .values(
+                    state=state.value,
+                    revoked_at=now,
+                    revoke_reason=reason,
+                    end_state=(end_state or state).value,
+                    values_kid=None,
+                    values_wrapped=None,
+                    values_nonce=None,
+                    values_ciphertext=None,
+                )
             )
             if done.rowcount != 1:
                 return None
             row = conn.execute(select(t.leases).where(c.lease_id == lease_id)).first()
         return _lease_from(row) if row else None
+
+    def settle_revocation(
+        self,
+        lease_id: str,
+        *,
+        ok: bool,
+        attempts: int,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+    ) -> Lease | None:
+        """A revoking lease's downstream revocation finished: ``ok`` moves it to its end
+        state; otherwise the attempt count, next attempt time and error code are kept."""
+        c = t.leases.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(c.end_state).where(
+                    c.lease_id == lease_id, c.state == LeaseState.REVOKING.value
+                )
+            ).first()
+            if row is None:
+                return None
+            values: dict[str, Any] = {"revoke_attempts": attempts}
+            if ok:
+                values.update(
+                    state=row.end_state or LeaseState.REVOKED.value,
+                    next_attempt_at=None,
+                )
+            else:
+                values.update(next_attempt_at=next_attempt_at, last_error=error)
+            done = conn.execute(
+                update(t.leases)
+                .where(c.lease_id == lease_id, c.state == LeaseState.REVOKING.value)
+                .values(**values)
+            )
+            if done.rowcount != 1:
+                return None
+            got = conn.execute(select(t.leases).where(c.lease_id == lease_id)).first()
+        return _lease_from(got) if got else None
+
+    def due_revocation_ids(self, now: float, limit: int = 1000) -> list[str]:
+        """Revoking leases whose next attempt is due, soonest first."""
+        c = t.leases.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.lease_id)
+                .where(
+                    c.state == LeaseState.REVOKING.value,
+                    or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+                )
+                .order_by(c.next_attempt_at, c.lease_id)
+                .limit(limit)
+            )
+            return [str(x) for x in rows.scalars().all()]
 
     def open_lease_ids(self, task_ids: Sequence[str]) -> list[str]:
         c = t.leases.c
@@ -1098,6 +1249,11 @@ class SqlStore:
 _FLAG_BITS = {flag: 1 << i for i, flag in enumerate(sorted(FLAGS))}
 
 
+def lease_values_name(lease_id: str) -> str:
+    """The name a lease's issued values are sealed under: the AAD binds them to the lease."""
+    return f"lease:{lease_id}"
+
+
 def _lease_row(lease: Lease) -> dict[str, Any]:
     return {
         "lease_id": lease.lease_id,
@@ -1109,6 +1265,17 @@ def _lease_row(lease: Lease) -> dict[str, Any]:
         "revoked_at": lease.revoked_at,
         "revoke_reason": lease.revoke_reason,
         "state": lease.state.value,
+        "provider": lease.provider or None,
+        "kind": lease.kind,
+        "handle": lease.handle,
+        "call_id": lease.call_id,
+        "per_call": lease.per_call,
+        "obligation_kind": lease.obligation_kind,
+        "used_at": lease.used_at,
+        "end_state": lease.end_state.value if lease.end_state else None,
+        "revoke_attempts": lease.revoke_attempts,
+        "next_attempt_at": lease.next_attempt_at,
+        "last_error": lease.last_error,
     }
 
 
@@ -1123,6 +1290,17 @@ def _lease_from(row: Any) -> Lease:
         revoked_at=row.revoked_at,
         revoke_reason=row.revoke_reason,
         state=LeaseState(row.state),
+        provider=row.provider or "",
+        kind=row.kind or STATIC_KIND,
+        handle=row.handle or "",
+        call_id=row.call_id,
+        per_call=bool(row.per_call),
+        obligation_kind=row.obligation_kind or INJECT_HEADER,
+        used_at=row.used_at,
+        end_state=LeaseState(row.end_state) if row.end_state else None,
+        revoke_attempts=int(row.revoke_attempts or 0),
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
     )
 
 
