@@ -317,7 +317,7 @@ def traffic(draw: st.DrawFn) -> list[Call]:
     return calls
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls=traffic())
 def test_any_learned_traffic_replayed_is_quiet(calls: list[Call]) -> None:
     # Whatever the agent did (at least the warm-up), doing it again is not an anomaly.
