@@ -1715,3 +1715,8 @@ def leases_revoke(
     with _local(data_dir, output) as remit:
         lease = remit.revoke_lease(lease_id, reason=reason)
     output.done(lease.to_data(), f"lease {escape(lease.lease_id)} revoked")
+
+# Anomaly alerts from behaviour baselines (issue 7, item 3), in their own module.
+from remit.cli_alerts import alerts_app  # noqa: E402
+
+app.add_typer(alerts_app, name="alerts")

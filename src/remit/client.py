@@ -413,6 +413,24 @@ class RemitClient:
         """Evaluate one policy case (``{"tool", "action"?, "agent"?, "context"?}``)."""
         return self._json("POST", "/v1/policies/explain", body=dict(case))
 
+    # ------------------------------------------------------------------ anomaly alerts
+    def list_alerts(
+        self,
+        *,
+        since: float | None = None,
+        agent: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Anomaly alerts, newest first: ``[{id, at, agent, task, decision, tool, score,
+        kinds, findings, explanation, response, enforced, mode}]`` (docs/alerts.md)."""
+        params = [("limit", str(limit))]
+        for key, value in (("since", since), ("agent", agent), ("kind", kind)):
+            if value is not None:
+                params.append((key, str(value)))
+        data = self._json("GET", "/v1/alerts", params=params)
+        return [_dict(a) for a in _list(data.get("alerts"))]
+
     # ------------------------------------------------------------------ audit
     def query_audit(
         self,

@@ -48,8 +48,7 @@ def candidate_engine(remit: Remit, sources: Sequence[PolicySource]) -> PolicyEng
     """A fresh engine with the baseline plus ``sources`` (raises ``PolicyInvalid``) and the
     current agents and tool catalog as entities."""
     engine = PolicyEngine()
-    engine.validate(sources)
-    engine.load(sources)
+    engine.load(sources)  # validates the whole set first; refuses it whole
     agents = [
         AgentEntity(a.agent_id, a.owner, trust_domain_of(a.agent_id))
         for a in remit.store.list_agents()
@@ -114,6 +113,8 @@ def replay_policies(
     first = remit.query_audit(query)
     first_seq = first[0].seq if first else head_seq + 1
     total = max(0, head_seq - first_seq + 1)
+    if progress is not None:
+        progress(ReplayProgress(0, 0, total))
 
     truncated = False
     last = first_seq - 1

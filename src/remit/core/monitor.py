@@ -21,8 +21,9 @@ explanation:
 ==================  ==========================================================
 ``new_tool``        a tool this agent has never been allowed to use
 ``new_destination`` a destination this agent has never been allowed to reach
-``rate_spike``      calls in the last minute ≥ ``rate_min_calls`` and more than
-                    ``rate_factor`` × (busy-minute mean + 2σ)
+``rate_spike``      calls in the last minute > ``rate_min_calls`` and more than
+                    ``rate_factor`` × the busy rate: max(EWMA mean + 2σ, the
+                    busiest minute decayed by ``peak_decay`` per busy minute)
 ``denial_burst``    ≥ ``denial_burst`` denials within ``denial_window`` seconds
 ``unusual_sequence`` a tool pair in one task seen ≤ ``rare_sequence`` times
 ``off_hours``       an hour of day holding < ``off_hours_share`` of the history
@@ -99,6 +100,7 @@ class MonitorConfig:
     rate_factor: float = 3.0
     rate_min_minutes: int = 5
     rate_alpha: float = 0.1
+    peak_decay: float = 0.9995  # per busy minute: a peak halves in ~1,400 busy minutes
     denial_burst: int = 5
     denial_window: float = 60.0
     rare_sequence: int = 0
@@ -136,6 +138,8 @@ class MonitorConfig:
             raise bad("threshold must be from 0 to 100")
         if not (self.rate_factor >= 1.0 and 0.0 < self.rate_alpha <= 1.0):
             raise bad("rate_factor must be ≥ 1 and rate_alpha in (0, 1]")
+        if not 0.0 <= self.peak_decay <= 1.0:
+            raise bad("peak_decay must be from 0 to 1")
         if not (self.denial_window > 0 and self.dedupe_seconds >= 0):
             raise bad("denial_window must be positive and dedupe_seconds not negative")
         if not 0.0 <= self.off_hours_share < 1.0:
@@ -276,6 +280,7 @@ class Baseline:
         "learned",
         "rate_mean",
         "rate_minutes",
+        "rate_peak",
         "rate_var",
         "sequences",
         "tools",
@@ -291,6 +296,7 @@ class Baseline:
         self.rate_mean = 0.0
         self.rate_var = 0.0
         self.rate_minutes = 0  # closed busy minutes folded into the EWMA
+        self.rate_peak = 0.0  # the busiest minute, decaying slowly
         self._minute = -1
         self._minute_count = 0
         self._prev_count = 0
@@ -314,6 +320,7 @@ class Baseline:
             diff = count - self.rate_mean
             self.rate_mean += alpha * diff
             self.rate_var = (1.0 - alpha) * (self.rate_var + alpha * diff * diff)
+        self.rate_peak = max(float(count), self.rate_peak * self.config.peak_decay)
         self.rate_minutes += 1
 
     def count_denial(self, now: float) -> bool:
@@ -345,8 +352,8 @@ class Baseline:
         return 0.0
 
     def busy_rate(self) -> float:
-        """The usual rate of a busy minute: EWMA mean + 2σ."""
-        return self.rate_mean + 2.0 * math.sqrt(max(0.0, self.rate_var))
+        """The usual high rate of a busy minute: EWMA mean + 2σ, or the decaying peak."""
+        return max(self.rate_mean + 2.0 * math.sqrt(max(0.0, self.rate_var)), self.rate_peak)
 
     def burst(self, now: float) -> bool:
         window = self.denials

@@ -2,11 +2,13 @@
 
 Every ``decision`` audit record written by the pipeline carries what the policies saw
 (``policy_input``: action, tool and the Cedar context) and what decided beside them
-(``mandate_violations``, ``monitor_reasons``), plus how approvals went. ``redecide``
-evaluates the recorded input with a candidate ``PolicyEngine`` and recombines the
-result exactly as the pipeline does (``remit.core.pipeline.combine_outcome``, then the
-recorded approval step and the recorded post-policy budget refusal), so replaying under
-the policy set that made a decision reproduces it, outcome and reasons.
+(``mandate_violations``, ``monitor_reasons``, the monitor's ``anomaly`` response), plus
+how approvals went. ``redecide`` evaluates the recorded input with a candidate
+``PolicyEngine`` and recombines the result exactly as the pipeline does
+(``remit.core.pipeline.combine_outcome``, then the recorded approval step, credential
+refusal and post-policy budget refusal), so replaying under the policy set that made a
+decision reproduces it, outcome and reasons. Credential issuance decisions (step 7)
+are not re-decided: their context is not recorded.
 
 ``ReplayAggregate`` folds re-decisions into a report: counts per change kind
 (``allow->deny``, ``deny->allow``, ``allow->approval_required``, ...), grouped by the
@@ -122,7 +124,7 @@ class RecordedDecision:
             return SkipReason.REFUSED
         policy_input = data.get("policy_input")
         if policy_input is None:
-            if list(data.get("reasons") or ()) == ["unknown-tool"]:
+            if data.get("reasons") == ["unknown-tool"]:
                 return SkipReason.UNKNOWN_TOOL
             return SkipReason.NO_POLICY_INPUT
         try:

@@ -35,7 +35,6 @@ from mcp.types import CallToolResult, Tool, ToolAnnotations
 from remit.canonical import digest
 from remit.core.catalog import Catalog, Privilege, ToolSpec, catalog_from_data
 from remit.core.pipeline import ARGUMENT_LIMITS, Decision, Obligation, Outcome
-from remit.core.secrets import Secret
 from remit.errors import Denied, NotFound, ProviderUnavailable, RemitError
 from remit.gateway.config import GatewayConfig, UpstreamConfig
 from remit.gateway.leased import (
@@ -112,19 +111,7 @@ class LocalRemitView:
         self._remit.check_tool_definition(tool, definition)
 
     def credential(self, obligation: Obligation) -> Injection:
-        answer: object = self._remit.credential_for(obligation)
-        if isinstance(answer, Injection):
-            return answer
-        if (
-            isinstance(answer, tuple)
-            and len(answer) == 2
-            and isinstance(answer[0], str)
-            and isinstance(answer[1], Secret)
-        ):
-            # The header-only answer Remit gave before ``Injection`` (one header, by name).
-            lease = self._remit.get_lease(obligation.ref)
-            return Injection(obligation.ref, lease.expires_at, headers={answer[0]: answer[1]})
-        raise ProviderUnavailable("Remit returned no usable credential", reason="bad_injection")
+        return self._remit.credential_for(obligation)
 
     def lease_usable(self, lease_id: str) -> bool:
         try:

@@ -35,6 +35,7 @@ from remit.http.wire import (
     AdminTokensOut,
     AgentOut,
     AgentsOut,
+    AlertsOut,
     ApprovalOut,
     ApprovalsOut,
     AuditPageOut,
@@ -68,6 +69,7 @@ from remit.http.wire import (
     VoteRequest,
     admin_token_out,
     agent_out,
+    alert_out,
     approval_out,
     catalog_out,
     explain_out,
@@ -111,6 +113,7 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("POST", "/v1/policies/{version}/activate"): "admin",
     ("POST", "/v1/policies/explain"): "readonly",
     ("GET", "/v1/audit"): "auditor",
+    ("GET", "/v1/alerts"): "readonly",
     ("GET", "/v1/audit/export"): "auditor",
     ("POST", "/v1/audit/verify"): "auditor",
     ("POST", "/v1/keys/rotate"): "admin",
@@ -470,6 +473,19 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
         return StreamingResponse(
             _ndjson(remit.audit.records(after_seq)), media_type="application/x-ndjson"
         )
+
+    # ------------------------------------------------------------------ anomaly alerts
+    @route("GET", "/v1/alerts", 400, response_model=AlertsOut)
+    def list_alerts(
+        since: Seconds = None,
+        agent: Filter = None,
+        kind: Annotated[str | None, Query(pattern="^[a-z_]{1,32}$", max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AlertsOut:
+        if agent is not None and _NAME.match(agent):
+            agent = agent_id(agent)  # a name is short for the agent's SPIFFE ID
+        found = remit.list_alerts(since=since, agent=agent, kind=kind, limit=limit)
+        return AlertsOut(alerts=[alert_out(a) for a in found])
 
     @route("POST", "/v1/audit/verify", *BODY_ERRORS, response_model=VerifyOut)
     def verify_audit() -> VerifyOut:

@@ -16,6 +16,7 @@ from remit.core.approvals import Approval
 from remit.core.audit import AuditRecord, ChainReport
 from remit.core.catalog import ToolSpec
 from remit.core.identity import Agent, Principal
+from remit.core.monitor import Alert
 from remit.core.pipeline import Decision
 from remit.core.policy import PolicyResult, explain
 from remit.core.tasks import Task
@@ -441,6 +442,38 @@ class AuditPageOut(Response):
     next_after_seq: int | None
 
 
+class FindingOut(Response):
+    kind: Literal[
+        "new_tool", "new_destination", "rate_spike", "denial_burst", "unusual_sequence", "off_hours"
+    ]
+    score: int
+    explanation: str
+
+
+class AlertOut(Response):
+    """An anomaly alert (docs/alerts.md); ``id`` is its audit event id."""
+
+    id: str
+    seq: int
+    at: float
+    agent: str
+    owner: str
+    task: str
+    decision: str
+    tool: str
+    score: int
+    kinds: list[str]
+    findings: list[FindingOut]
+    explanation: str
+    response: Literal["none", "require_approval", "suspend"]
+    enforced: bool
+    mode: str
+
+
+class AlertsOut(Response):
+    alerts: list[AlertOut]
+
+
 class VerifyOut(Response):
     ok: bool
     records: int
@@ -624,6 +657,27 @@ def record_out(record: AuditRecord) -> RecordOut:
         data=dict(record.data),
         prev_hash=record.prev_hash,
         hash=record.hash,
+    )
+
+
+def alert_out(alert: Alert) -> AlertOut:
+    data = alert.to_data()
+    return AlertOut(
+        id=alert.event_id,
+        seq=alert.seq,
+        at=alert.at,
+        agent=alert.agent_id,
+        owner=alert.owner,
+        task=alert.task_id,
+        decision=alert.decision_id,
+        tool=alert.tool,
+        score=alert.score,
+        kinds=data["kinds"],
+        findings=[FindingOut(**f) for f in data["findings"]],
+        explanation=data["explanation"],
+        response=alert.response.value,
+        enforced=alert.enforced,
+        mode=alert.mode,
     )
 
 

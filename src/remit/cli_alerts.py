@@ -1,0 +1,95 @@
+"""``remit alerts list``: anomaly alerts (issue 7, item 3; docs/alerts.md).
+
+A separate typer sub-app, registered at the end of ``remit.cli``. Server-backed:
+needs an operator token with the ``readonly`` scope (or wider).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from remit.cli import (
+    DEFAULT_URL,
+    JsonOption,
+    Output,
+    TokenOption,
+    UrlOption,
+    _client,
+    _ts,
+    render_table,
+)
+from remit.errors import InvalidRequest
+
+alerts_app = typer.Typer(help="Anomaly alerts from behaviour baselines.", no_args_is_help=True)
+
+_DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``24h``, ``30m``, ``7d``, ``90s`` or ``90`` (seconds) ago, as a time."""
+    found = _DURATION.match(text.strip())
+    if found is None:
+        raise InvalidRequest(
+            "--since must be a duration such as 90s, 30m, 24h or 7d", reason="bad_since"
+        )
+    seconds = int(found.group(1)) * _UNIT[found.group(2)]
+    return max(0.0, now - seconds)
+
+
+@alerts_app.command("list")
+def alerts_list(
+    since: Annotated[str, typer.Option("--since", help="How far back: 90s, 30m, 24h, 7d.")] = "24h",
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="One agent (name or SPIFFE ID).", show_default=False),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="new_tool, new_destination, rate_spike, denial_burst, unusual_sequence, "
+            "off_hours.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Anomaly alerts, newest first: what was unusual, the score, and what Remit did."""
+    output = Output(json_output)
+    with _client(url, token, output) as client:
+        alerts = client.list_alerts(
+            since=parse_since(since, time.time()), agent=agent, kind=kind, limit=limit
+        )
+
+    def render(console: Console) -> None:
+        rows = [
+            (
+                _ts(a.get("at")),
+                escape(str(a.get("agent", "")).rsplit("/", 1)[-1]),
+                escape(str(a.get("tool"))),
+                str(a.get("score")),
+                escape(", ".join(str(k) for k in a.get("kinds", []))),
+                escape(str(a.get("response")) + ("" if a.get("enforced") else " (not enforced)")),
+                escape(str(a.get("explanation"))),
+            )
+            for a in alerts
+        ]
+        console.print(
+            render_table(
+                f"alerts ({len(rows)})",
+                rows,
+                ["at", "agent", "tool", "score", "kinds", "response", "explanation"],
+            )
+        )
+
+    output.data({"alerts": alerts}, render)
