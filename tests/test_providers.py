@@ -7,6 +7,7 @@ fails, is retried with growing backoff, shown as outstanding, then succeeds."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -389,8 +390,13 @@ def test_kill_switch_revokes_downstream(
 
 
 def test_failed_revocation_is_retried_with_backoff_and_shown_outstanding(
-    premit: Remit, psession: AgentSession, flaky: FlakyProvider, clock: ManualClock
+    premit: Remit,
+    psession: AgentSession,
+    flaky: FlakyProvider,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     task = _task(psession)
     obligation = _one(task.authorize("flaky/op", {}))
     flaky.failures = 4
@@ -424,6 +430,8 @@ def test_failed_revocation_is_retried_with_backoff_and_shown_outstanding(
     assert all(d["error"] == "provider_unavailable" and d["why"] == "unreachable" for d in failed)
     assert any(k == "lease.revoked" and d["attempts"] == 5 for k, d in records)
     assert CANARY not in _audit_text(premit)
+    assert "downstream revocation failed (unreachable)" in caplog.text
+    assert CANARY not in caplog.text
 
 
 def test_a_task_end_with_a_failing_downstream_is_never_dropped(

@@ -258,9 +258,7 @@ def test_spread_out_denials_are_not_a_burst(gaps: list[float]) -> None:
 def test_kill_switch_denials_do_not_count() -> None:
     monitor = AnomalyMonitor(MonitorConfig(denial_burst=3))
     for i in range(10):
-        monitor.learn(
-            record("email/send", "t", outcome="deny", reasons=["kill-switch"]), NINE + i
-        )
+        monitor.learn(record("email/send", "t", outcome="deny", reasons=["kill-switch"]), NINE + i)
     assert monitor.assess(AGENT, "t", "email/send", (), NINE + 11) == []
 
 
