@@ -28,7 +28,8 @@ ALICE = {"to": "alice@example.com", "body": "about 4711"}
 STRANGER = {"to": "mallory@partner.example", "body": "the customer list"}
 ANOMALY_POLICY = (
     '@id("anomalous-calls-need-approval") @approval("required")\n'
-    "forbid (principal, action, resource) when { context.anomaly_score >= 70 };\n"
+    'forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)\n'
+    "when { context.anomaly_score >= 70 };\n"
 )
 WARMUP = 6
 
@@ -118,8 +119,7 @@ def test_require_approval_response_without_any_policy(tmp_path: Path, clock: Man
         assert asked.outcome is Outcome.APPROVAL_REQUIRED and asked.reasons == ("anomaly",)
         approval = remit.get_approval(str(asked.approval_id))
         assert approval.reasons == ("anomaly",) and approval.tool == "email/send"
-        # Usual calls still go through.
-        assert task.authorize("docs/read", {}).allowed
+        # The usual call still goes through.
         assert task.authorize("email/send", ALICE).allowed
         (alert,) = alerts_of(remit)
         assert alert["response"] == "require_approval" and alert["enforced"] is True
@@ -207,7 +207,12 @@ def test_list_alerts_filters(remit: Remit, clock: ManualClock) -> None:
     task.authorize("docs/read", {})
     task.authorize("email/send", STRANGER)
     listed = remit.list_alerts()
-    assert [a.kinds for a in listed] == [("new_destination",), ("new_tool",)]  # newest first
+    # Newest first; docs/read straight after crm/read never happened before either.
+    assert [a.kinds for a in listed] == [
+        ("new_destination",),
+        ("unusual_sequence",),
+        ("new_tool",),
+    ]
     assert [a.kinds for a in remit.list_alerts(kind="new_tool")] == [("new_tool",)]
     assert remit.list_alerts(agent="spiffe://acme.example/agent/nobody") == []
     assert remit.list_alerts(since=clock.now() + 10) == []

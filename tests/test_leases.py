@@ -401,3 +401,71 @@ def test_cli_list_and_revoke(tmp_path: Path, cli_env: None) -> None:
     assert bad.exit_code == EXIT_CODES["invalid_request"]
     for result in (listed, table, none, revoked, again, missing, bad):
         assert CANARY not in result.output
+
+
+# ---------------------------------------------------------------------- migration v7
+
+_V6_LEASES = (
+    "CREATE TABLE leases (lease_id VARCHAR(64) PRIMARY KEY, task_id VARCHAR(128) NOT NULL, "
+    "secret_name VARCHAR(64) NOT NULL, tool VARCHAR(128) NOT NULL, issued_at FLOAT NOT NULL, "
+    "expires_at FLOAT NOT NULL, revoked_at FLOAT, revoke_reason VARCHAR(256), "
+    "state VARCHAR(16) NOT NULL)"
+)
+
+
+def _store_urls(tmp_path: Path) -> list[str]:
+    import os
+    import uuid
+
+    import sqlalchemy
+
+    urls = [f"sqlite:///{tmp_path / 'v6.db'}"]
+    base = os.environ.get("REMIT_TEST_PG")
+    if base:  # pragma: no cover - where PostgreSQL runs
+        base = base.replace("postgresql://", "postgresql+psycopg://")
+        name = "t_" + uuid.uuid4().hex[:12]
+        admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        urls.append(base.rsplit("/", 1)[0] + "/" + name)
+    return urls
+
+
+def test_migration_v7_adds_columns_to_a_v6_leases_table(tmp_path: Path) -> None:
+    import sqlalchemy
+
+    from remit.store.sql import SqlStore
+
+    for url in _store_urls(tmp_path):
+        store = SqlStore(url)
+        store.migrate()
+        # Put the table back as v6 made it, with a row, and forget v7 (and anything later).
+        with store.engine.begin() as conn:
+            conn.execute(sqlalchemy.text("DROP TABLE leases"))
+            conn.execute(sqlalchemy.text(_V6_LEASES))
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO leases VALUES ('lse_old', 'tsk_old', 'billing.key', 'a/b', "
+                    "1.0, 99.0, NULL, NULL, 'open')"
+                )
+            )
+            conn.execute(sqlalchemy.text("DELETE FROM schema_migrations WHERE version >= 7"))
+        store.migrate()
+        assert store.schema_version() >= 7
+        old = store.get_lease("lse_old")
+        assert old is not None and old.state is LeaseState.OPEN
+        assert (old.kind, old.handle, old.per_call, old.revoke_attempts) == ("static", "", False, 0)
+        ended = store.end_lease(
+            "lse_old", LeaseState.REVOKING, "t", 5.0, end_state=LeaseState.EXPIRED
+        )
+        assert ended is not None and ended.state is LeaseState.REVOKING
+        failed = store.settle_revocation(
+            "lse_old", ok=False, attempts=1, next_attempt_at=6.0, error="unreachable"
+        )
+        assert failed is not None and failed.last_error == "unreachable"
+        assert store.due_revocation_ids(5.5) == [] and store.due_revocation_ids(6.0) == ["lse_old"]
+        done = store.settle_revocation("lse_old", ok=True, attempts=2)
+        assert done is not None and done.state is LeaseState.EXPIRED
+        store.migrate()  # idempotent
+        store.close()
