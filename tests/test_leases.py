@@ -390,6 +390,10 @@ def test_cli_list_and_revoke(tmp_path: Path, cli_env: None) -> None:
         app, ["leases", "list", "--data-dir", str(data), "--task", "nope", "--json"]
     )
     assert json.loads(none.stdout)["leases"] == []
+    outstanding = runner.invoke(
+        app, ["leases", "list", "--data-dir", str(data), "--outstanding", "--json"]
+    )
+    assert outstanding.exit_code == 0 and json.loads(outstanding.stdout)["leases"] == []
     revoked = runner.invoke(app, ["leases", "revoke", lease_id, "--data-dir", str(data), "--json"])
     assert revoked.exit_code == 0, revoked.output
     assert json.loads(revoked.stdout)["state"] == "revoked"

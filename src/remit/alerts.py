@@ -219,7 +219,7 @@ class Alerts:
                 f"kind must be one of {', '.join(k.value for k in FindingKind)}",
                 reason="bad_kind",
             )
-        if since is not None and not (since >= 0 and since < 1e11):
+        if since is not None and not 0 <= since <= 1e11:
             raise InvalidRequest("since must be a time in seconds", reason="bad_since")
         self.audit.flush()
         records: deque[AuditRecord] = deque(maxlen=MAX_LISTED)  # the newest ones

@@ -1257,7 +1257,8 @@ class Remit:
         the catalog must name only configured ones."""
         self._check_catalog_credentials(self._catalog, registry)
         self.providers = registry
-        self.audit.append("providers.loaded", {"providers": registry.describe()})
+        if len(registry):
+            self.audit.append("providers.loaded", {"providers": registry.describe()})
 
     def _check_catalog_credentials(self, catalog: Catalog, registry: ProviderRegistry) -> None:
         for spec in catalog.tools.values():
@@ -1423,12 +1424,12 @@ class Remit:
             raise InvalidRequest(
                 "state must be open, revoking, revoked or expired", reason="bad_state"
             ) from None
-        if outstanding:
-            if wanted not in (None, LeaseState.REVOKING):
-                raise InvalidRequest("outstanding leases are in state revoking", reason="bad_state")
-            wanted = LeaseState.REVOKING
         if task_id is not None and not isinstance(task_id, str):
             raise InvalidRequest("task must be a string", reason="bad_task")
+        if outstanding:
+            if wanted not in (None, LeaseState.REVOKING):
+                return []  # both filters apply: no outstanding lease is in another state
+            wanted = LeaseState.REVOKING
         return self.store.list_leases(task_id=task_id, state=wanted, limit=limit)
 
     def get_lease(self, lease_id: str) -> Lease:

@@ -356,7 +356,7 @@ def test_bad_settings_are_refused() -> None:
         {"weights": {FindingKind.NEW_TOOL: 50}},
     ):
         with pytest.raises(InvalidRequest) as err:
-            MonitorConfig(**bad)  # type: ignore[arg-type]
+            MonitorConfig(**bad)
         assert err.value.reason == "bad_setting"
 
 

@@ -160,6 +160,13 @@ ApprovalStatusFilter = Annotated[
     str | None, Query(pattern="^(pending|approved|denied|consumed)$", max_length=16)
 ]
 ApprovalLimit = Annotated[int, Query(ge=1, le=1000)]
+AlertKindFilter = Annotated[
+    str | None,
+    Query(
+        pattern="^(new_tool|new_destination|rate_spike|denial_burst|unusual_sequence|off_hours)$",
+        max_length=32,
+    ),
+]
 TaskIdFilter = Annotated[str | None, Query(pattern="^tsk_[A-Za-z0-9_-]{16,64}$", max_length=68)]
 
 
@@ -479,7 +486,7 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
     def list_alerts(
         since: Seconds = None,
         agent: Filter = None,
-        kind: Annotated[str | None, Query(pattern="^[a-z_]{1,32}$", max_length=32)] = None,
+        kind: AlertKindFilter = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AlertsOut:
         if agent is not None and _NAME.match(agent):
