@@ -47,6 +47,7 @@ SEMANTIC_BODIES = {
     "POST /v1/policies/explain": "the tool must be in the catalog or the action given",
     "POST /v1/admin-tokens": "names must be printable, which JSON Schema cannot say",
     "POST /v1/catalog/pins": "only a tool in the catalog can be admitted",
+    "POST /v1/catalog/pins/check": "a free-form definition: integers beyond 2**53 are refused",
     "POST /oauth/token": "the narrowing is a free-form mandate: integers beyond 2**53 are refused",
     # Bodies are I-JSON: an integer beyond +-2**53 is refused wherever it is (other parsers
     # would round it, and digests would differ). JSON Schema cannot bound the integers
