@@ -1716,6 +1716,7 @@ def leases_revoke(
         lease = remit.revoke_lease(lease_id, reason=reason)
     output.done(lease.to_data(), f"lease {escape(lease.lease_id)} revoked")
 
+
 # Anomaly alerts from behaviour baselines (issue 7, item 3), in their own module.
 from remit.cli_alerts import alerts_app  # noqa: E402
 
