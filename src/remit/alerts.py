@@ -17,15 +17,9 @@ from each decision), and receives its alerts after the decision has been audited
 from __future__ import annotations
 
 import contextlib
-import json
-import queue
-import threading
-import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from remit.config import Settings
 from remit.core.audit import AuditRecord
@@ -34,14 +28,13 @@ from remit.errors import InvalidRequest, RemitError
 from remit.store.audit_log import AuditLog
 from remit.store.base import AuditQuery
 from remit.store.sql import SqlStore
+from remit.webhooks import FailureEvent, Post, WebhookSender
 
 WEBHOOK_TIMEOUT = 5.0
 WEBHOOK_QUEUE = 256
 HISTORY_PAGE = 1000
 MAX_HISTORY_RECORDS = 500_000
 MAX_LISTED = 10_000  # alert records scanned for one listing
-
-Post = Callable[[str, bytes, float], None]
 
 
 def monitor_config(settings: Settings) -> MonitorConfig:
@@ -64,7 +57,8 @@ def monitor_config(settings: Settings) -> MonitorConfig:
 
 
 class AlertWebhook:
-    """POSTs each alert's JSON to one URL from a single background worker."""
+    """POSTs each alert's JSON to one URL through ``remit.webhooks.WebhookSender``
+    (one background worker, bounded queue); failures and drops are audited."""
 
     def __init__(
         self,
@@ -75,79 +69,34 @@ class AlertWebhook:
         post: Post | None = None,
         capacity: int = WEBHOOK_QUEUE,
     ) -> None:
-        if url and urlsplit(url).scheme not in ("http", "https"):
-            raise InvalidRequest("REMIT_ALERT_WEBHOOK must be an http(s) URL", reason="bad_setting")
         self.url = url
         self.audit = audit
-        self.timeout = timeout
-        self._post = post or _post_json
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
-        self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.sender = WebhookSender(
+            url,
+            setting="REMIT_ALERT_WEBHOOK",
+            on_failure=self._record,
+            timeout=timeout,
+            capacity=capacity,
+            post=post,
+            name="remit-alert-webhook",
+        )
 
     def notify(self, alert: Alert, event_id: str) -> None:
-        if not self.url:
-            return
-        body = json.dumps(webhook_payload(alert, event_id), separators=(",", ":")).encode()
-        self._start()
-        try:
-            self._queue.put_nowait((event_id, body))
-        except queue.Full:
-            self._record("alert.webhook_dropped", event_id, "queue_full")
+        self.sender.send(event_id, webhook_payload(alert, event_id))
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(
-                    target=self._run, daemon=True, name="remit-alert-webhook"
-                )
-                self._worker.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                event_id, body = item
-                try:
-                    self._post(self.url, body, self.timeout)
-                except Exception as exc:  # any failure is recorded, never raised
-                    self._record("alert.webhook_failed", event_id, type(exc).__name__)
-            finally:
-                self._queue.task_done()
-
-    def _record(self, kind: str, event_id: str, error: str) -> None:
-        with contextlib.suppress(Exception):  # the audit log may be closed by now
-            self.audit.append(kind, {"alert": event_id, "error": error})
+    def _record(self, event: FailureEvent, event_id: str, error: str) -> None:
+        self.audit.append(f"alert.webhook_{event}", {"alert": event_id, "error": error})
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait until the queued notifications are sent or failed (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.sender.join(timeout)
 
     def close(self, timeout: float = 6.0) -> None:
-        self.join(timeout)
-        with self._lock:
-            worker = self._worker
-        if worker is not None and worker.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
-            worker.join(timeout=1.0)
+        self.sender.close(timeout)
 
 
 def webhook_payload(alert: Alert, event_id: str) -> dict[str, Any]:
     return {"type": "anomaly.alert", "id": event_id, **alert.to_data()}
-
-
-def _post_json(url: str, body: bytes, timeout: float) -> None:
-    # The URL is the operator's setting, checked to be http(s) when the webhook is built.
-    request = urllib.request.Request(  # noqa: S310
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        response.read(1024)
 
 
 class Alerts:

@@ -15,23 +15,17 @@ unused and the call refused (503).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import threading
-import urllib.request
-from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from remit.clock import Clock
 from remit.core.approvals import Approval, ApprovalStatus, approval_binding, check_use
 from remit.core.identity import Mode
 from remit.core.pipeline import ApprovalStep, CallRequest, Outcome
 from remit.core.tasks import Task
-from remit.errors import InvalidRequest
 from remit.ids import new_id
 from remit.store.audit_log import AuditLog
 from remit.store.sql import SqlStore
+from remit.webhooks import FailureEvent, Post, WebhookSender
 
 APPROVED_REASON = "human-approval"
 WEBHOOK_TIMEOUT = 5.0
@@ -39,10 +33,12 @@ MAX_APPROVAL_ID = 128
 
 
 class WebhookNotifier:
-    """POSTs a JSON summary of each new request to one URL, in a background thread.
+    """POSTs a JSON summary of each new request to one URL, through the shared
+    ``remit.webhooks.WebhookSender`` (one background worker, bounded queue).
 
     The summary never carries the arguments (only their digest). Failures are
-    audited (``approval.webhook_failed``) and never block or change a decision.
+    audited (``approval.webhook_failed``, ``approval.webhook_dropped``) and never
+    block or change a decision.
     """
 
     def __init__(
@@ -51,47 +47,31 @@ class WebhookNotifier:
         audit: AuditLog,
         *,
         timeout: float = WEBHOOK_TIMEOUT,
-        post: Callable[[str, bytes, float], None] | None = None,
+        post: Post | None = None,
     ) -> None:
-        if url and urlsplit(url).scheme not in ("http", "https"):
-            raise InvalidRequest(
-                "REMIT_APPROVAL_WEBHOOK must be an http(s) URL", reason="bad_setting"
-            )
         self.url = url
         self.audit = audit
-        self.timeout = timeout
-        self._post = post or _post_json
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self.sender = WebhookSender(
+            url,
+            setting="REMIT_APPROVAL_WEBHOOK",
+            on_failure=self._record,
+            timeout=timeout,
+            post=post,
+            name="remit-approval-webhook",
+        )
 
     def notify(self, approval: Approval) -> None:
-        if not self.url:
-            return
-        body = json.dumps(webhook_payload(approval), separators=(",", ":")).encode("utf-8")
-        thread = threading.Thread(
-            target=self._send, args=(approval.approval_id, body), daemon=True, name="remit-webhook"
-        )
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+        self.sender.send(approval.approval_id, webhook_payload(approval))
 
-    def _send(self, approval_id: str, body: bytes) -> None:
-        try:
-            self._post(self.url, body, self.timeout)
-        except Exception as exc:  # any failure is recorded, never raised
-            with contextlib.suppress(Exception):  # the audit log may be closed by now
-                self.audit.append(
-                    "approval.webhook_failed",
-                    {"approval": approval_id, "error": type(exc).__name__},
-                )
+    def _record(self, event: FailureEvent, approval_id: str, error: str) -> None:
+        self.audit.append(f"approval.webhook_{event}", {"approval": approval_id, "error": error})
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for notifications in flight (tests, shutdown)."""
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
+        self.sender.join(timeout)
+
+    def close(self, timeout: float = 6.0) -> None:
+        self.sender.close(timeout)
 
 
 def webhook_payload(approval: Approval) -> dict[str, Any]:
@@ -107,15 +87,6 @@ def webhook_payload(approval: Approval) -> dict[str, Any]:
         "quorum": approval.quorum,
         "expires_at": approval.expires_at,
     }
-
-
-def _post_json(url: str, body: bytes, timeout: float) -> None:
-    # The URL is the operator's setting, checked to be http(s) when the notifier is built.
-    request = urllib.request.Request(  # noqa: S310
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        response.read(1024)
 
 
 class StoreApprovalGate:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,12 @@ class JsonLimits:
 DEFAULT_LIMITS = JsonLimits()
 
 
-def check_json(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str = "value") -> None:
+def check_json(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str = "value") -> bytes:
     """Raise InvalidRequest unless ``value`` is plain JSON within ``limits``.
 
-    Iterative, so a hostile depth cannot blow the Python stack.
+    Returns the canonical bytes of ``value`` (computed for the size check anyway),
+    so a caller that needs them does not serialize twice. Iterative, so a hostile
+    depth cannot blow the Python stack.
     """
     stack: list[tuple[JsonValue, int]] = [(value, 1)]
     while stack:
@@ -75,10 +78,12 @@ def check_json(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str 
                 stack.append((child, depth + 1))
         else:
             raise InvalidRequest(f"{what} is not plain JSON", reason="not_json")
-    if len(canonical_bytes_unchecked(value)) > limits.max_bytes:
+    data = canonical_bytes_unchecked(value)
+    if len(data) > limits.max_bytes:
         raise InvalidRequest(
             f"{what} is too large (max {limits.max_bytes} bytes)", reason="too_large"
         )
+    return data
 
 
 def _check_text(text: str, what: str) -> None:
@@ -96,17 +101,17 @@ def canonical_bytes_unchecked(value: JsonValue) -> bytes:
 
 
 def canonical_bytes(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS) -> bytes:
-    check_json(value, limits)
-    return canonical_bytes_unchecked(value)
+    return check_json(value, limits)
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def digest(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS) -> str:
-    """``sha256:<hex>`` of the canonical form of ``value``."""
-    return "sha256:" + sha256_hex(canonical_bytes(value, limits))
+def digest(value: JsonValue, limits: JsonLimits = DEFAULT_LIMITS, what: str = "value") -> str:
+    """``sha256:<hex>`` of the canonical form of ``value``, which must pass ``check_json``
+    (``what`` names it in the error). One walk and one serialization."""
+    return "sha256:" + sha256_hex(check_json(value, limits, what))
 
 
 def parse_json_strict(data: bytes | str, limits: JsonLimits = DEFAULT_LIMITS) -> JsonValue:
@@ -135,3 +140,22 @@ def parse_json_strict(data: bytes | str, limits: JsonLimits = DEFAULT_LIMITS) ->
         raise InvalidRequest("malformed JSON", reason="malformed_json") from None
     check_json(value, limits)
     return value
+
+
+class EncodedDict(dict[str, Any]):
+    """A JSON object carrying its own canonical text, computed once.
+
+    The audit log serializes a record's data to hash it; the store writes the same
+    text instead of serializing again. The value must not be changed after
+    ``encode`` (the audit log never does: a record is immutable once chained).
+    """
+
+    __slots__ = ("canonical",)
+
+    canonical: str
+
+    @classmethod
+    def encode(cls, value: Mapping[str, Any]) -> EncodedDict:
+        out = cls(value)
+        out.canonical = canonical_bytes_unchecked(out).decode("utf-8")
+        return out

@@ -5,7 +5,8 @@ Most commands talk to a running server through ``RemitClient``
 on local files with no server: ``policy validate|test|schema|baseline``,
 ``catalog validate``, ``audit verify --local``, ``admin-token`` when no
 URL is given (the first admin token cannot come from the API), and
-``secrets`` and ``leases`` (always local: secret values are not served over HTTP).
+``secrets`` and ``leases`` (local: secret values are not served over HTTP; ``secrets
+rotate-master`` and ``secrets rewrap`` also take ``--url``).
 
 Output is a rich table for people, or with ``--json`` one JSON document on
 stdout and nothing else. Errors go to stderr; the exit code says which kind
@@ -1594,23 +1595,77 @@ def secrets_list(data_dir: DataDirOption = None, json_output: JsonOption = False
     output.data({"secrets": rows}, render)
 
 
+# Explicit only (REMIT_URL is not read): these commands worked on the local data directory
+# before they could go to a server, and a REMIT_URL set for other commands must not move them.
+SecretsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Run it on this Remit server (with --token); without it, on the local data dir.",
+        show_default=False,
+    ),
+]
+
+
 @secrets_app.command("rotate-master")
-def secrets_rotate_master(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+def secrets_rotate_master(
+    url: SecretsUrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Make a new master key and re-wrap every secret's data key with it; the old key is
-    deleted once nothing needs it. Values and ciphertexts are not touched."""
+    deleted once nothing needs it. Values and ciphertexts are not touched. Without --url on
+    the local data directory (safe next to a running server); with --url on the server."""
     output = Output(json_output)
-    with _local(data_dir, output) as remit:
-        done = remit.rotate_master_key()
+    if url is None:
+        with _local(data_dir, output) as remit:
+            data = remit.rotate_master_key().to_data()
+    else:
+        with _client(url, token, output) as client:
+            data = client.rotate_master_key()
     output.done(
-        {
-            "old_kid": done.old_kid,
-            "new_kid": done.new_kid,
-            "rewrapped": done.rewrapped,
-            "retired": list(done.retired),
-        },
-        f"master key {escape(done.new_kid)} active (was {escape(done.old_kid)}); "
-        f"{done.rewrapped} secret(s) re-wrapped, {len(done.retired)} old key(s) retired",
+        data,
+        f"master key {escape(str(data.get('new_kid')))} active "
+        f"(was {escape(str(data.get('old_kid')))}); {data.get('rewrapped')} secret(s) and "
+        f"{data.get('lease_values', 0)} lease value(s) re-wrapped, "
+        f"{len(data.get('retired') or [])} old key(s) retired",
     )
+
+
+@secrets_app.command("rewrap")
+def secrets_rewrap(
+    url: SecretsUrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Re-wrap every data key not wrapped by the active master key (REMIT_MASTER_KEY or the
+    key file), using REMIT_MASTER_KEY_PREVIOUS and retained keys to open them, and report
+    which other keys are still needed (none: previous keys may be dropped). Exits non-zero
+    while some are. Without --url on the local data directory; with --url on the server."""
+    output = Output(json_output)
+    if url is None:
+        with _local(data_dir, output) as remit:
+            data = remit.rewrap_secrets().to_data()
+    else:
+        with _client(url, token, output) as client:
+            data = client.rewrap_secrets()
+    needed = [str(k) for k in data.get("still_needed") or []]
+    if needed:
+        missing = [str(k) for k in data.get("missing") or []]
+        message = f"still needed: {escape(', '.join(needed))}"
+        if missing:
+            message += f" (not held here: {escape(', '.join(missing))})"
+    else:
+        message = "no previous master key is needed any more"
+    output.done(
+        data,
+        f"{data.get('rewrapped')} secret(s) and {data.get('lease_values', 0)} lease value(s) "
+        f"re-wrapped to master key {escape(str(data.get('active_kid')))}; {message}",
+    )
+    if not data.get("complete", False):
+        raise typer.Exit(EXIT_CODES["sealed"])
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ InventoryOption = Annotated[
     Path | None,
     typer.Option(
         "--inventory",
-        help="An NHI inventory (CSV or JSON) whose findings feed the NHI items.",
+        help="An NHI inventory (CSV or JSON) whose findings feed the NHI items "
+        "(default: the stored one, if an inventory was imported).",
         show_default=False,
     ),
 ]

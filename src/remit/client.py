@@ -311,6 +311,21 @@ class RemitClient:
         params = [("days", str(days))] if days is not None else None
         return self._json("GET", _agent_path(name, "blast-radius"), params=params)
 
+    def import_inventory(
+        self, credentials: Sequence[Mapping[str, Any]], *, source_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Store an NHI inventory (its JSON form's rows), replacing the stored one:
+        ``{import_id, source_sha256, imported_by, imported_at, credentials}``."""
+        body: dict[str, Any] = {"credentials": [dict(row) for row in credentials]}
+        if source_sha256 is not None:
+            body["source_sha256"] = source_sha256
+        return self._json("PUT", "/v1/inventory", body=body)
+
+    def inventory_report(self, *, max_age_days: int | None = None) -> dict[str, Any]:
+        """The sprawl report over the stored NHI inventory (``remit.reports.report_data``)."""
+        params = [("max_age_days", str(max_age_days))] if max_age_days is not None else None
+        return self._json("GET", "/v1/inventory/report", params=params)
+
     def suspend_agent(self, name: str, *, reason: str = "operator") -> Agent:
         return self._agent("POST", _agent_path(name, "suspend"), body={"reason": reason})
 
@@ -534,6 +549,16 @@ class RemitClient:
         """Seal ``value`` as the next version of ``name`` (admin); it is never echoed."""
         body = {"value": value.reveal()}
         return self._json("PUT", f"/v1/secrets/{_segment(name)}", body=body)
+
+    def rotate_master_key(self) -> dict[str, Any]:
+        """A new master key on the server, every data key re-wrapped (admin): key ids and
+        counts (``old_kid``, ``new_kid``, ``rewrapped``, ``retired``, ...)."""
+        return self._json("POST", "/v1/secrets/rotate-master", body={})
+
+    def rewrap_secrets(self) -> dict[str, Any]:
+        """Re-wrap everything not wrapped by the active master key (admin); which other
+        keys are still needed (``still_needed``, empty after a complete rewrap)."""
+        return self._json("POST", "/v1/secrets/rewrap", body={})
 
     def list_leases(
         self,

@@ -48,9 +48,12 @@ class Settings:
     # ``REMIT_MASTER_KEY`` (base64url of 32 bytes; environment only, never the config file),
     # else from ``master_key_file`` (default ``<data_dir>/keys/master.key``, created 0600 on
     # first use). Superseded keys stay beside it as ``master-<kid>.key`` until no secret
-    # needs them.
+    # needs them. ``REMIT_MASTER_KEY_PREVIOUS`` (environment only): comma-separated
+    # base64url keys that may unwrap but never seal, for replacing an environment key
+    # without downtime (docs/secrets.md).
     master_key: Secret | None = None
     master_key_file: Path | None = None
+    master_key_previous: Secret | None = None
     # Leases (issue 6): the longest a downstream credential lease lives (always cut to its
     # task's expiry; a catalog entry's ttl_seconds may only shorten it), and the credential
     # providers, from the config file's [[credential_providers]] tables only (validated whole
@@ -115,7 +118,7 @@ _INT_FIELDS = {
 
 
 _PATH_FIELDS = {"data_dir", "catalog_path", "policy_dir", "master_key_file"}
-_SECRET_FIELDS = {"master_key"}  # environment only: never read from the config file
+_SECRET_FIELDS = {"master_key", "master_key_previous"}  # environment only, never the file
 _BOOL_FIELDS = {"audit_durable", "allow_self_approval"}
 
 

@@ -10,13 +10,16 @@ every call over the wire with a fresh proof bound to the method and URL. With
 
 from __future__ import annotations
 
+import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jwt
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -26,12 +29,16 @@ from remit.agent import AgentSession, RemitApi, TaskSession
 from remit.client import RemitClient
 from remit.config import Settings
 from remit.core.audit import ChainReport
-from remit.core.pipeline import Decision, Outcome
+from remit.core.catalog import catalog_from_data
+from remit.core.pipeline import Decision, Obligation, Outcome
+from remit.core.policy import PolicySource
 from remit.core.secrets import Secret
 from remit.errors import RemitError
 from remit.http.server import running_server
-from remit.runtime import build_remit, catalog_from_yaml
+from remit.replay import replay_policies
+from remit.runtime import build_remit
 from remit.service import Remit
+from remit.visibility import agent_blast_radius
 
 TICKET_4711 = (
     "From: alice@example.com\n"
@@ -44,8 +51,66 @@ TICKET_4711 = (
 Operator = Remit | RemitClient
 
 
+# Downstream credentials (issue 6): the payments API key is sealed in Remit and leased to
+# a task; the internal ledger service takes a short-lived token Remit signs for each call.
+PAYMENTS_SECRET = "payments.api-key"  # noqa: S105 - the sealed secret's name, not a value
+LEDGER_PROVIDER = "ledger"
+LEDGER_AUDIENCE = "https://ledger.acme.internal"
+DEMO_PROVIDERS: tuple[Mapping[str, object], ...] = (
+    {"name": LEDGER_PROVIDER, "kind": "signed-token", "audience": LEDGER_AUDIENCE},
+)
+CREDENTIALS: dict[str, dict[str, Any]] = {
+    "billing/refund": {"secret": PAYMENTS_SECRET, "header": "X-Api-Key"},
+    "billing/ledger": {
+        "provider": LEDGER_PROVIDER,
+        "header": "Authorization",
+        "format": "Bearer {value}",
+        "value": "token",
+    },
+}
+LEDGER_TOOL: dict[str, Any] = {
+    "name": "billing/ledger",
+    "privilege": "read",
+    "description": "Look up an order's payments in the internal ledger service.",
+    "labels": ["internal"],
+}
+# Behaviour baselines (issue 7): an agent's first allowed calls teach what is normal; until
+# then no new-tool or new-destination finding fires. The default is 50; the demo's agent
+# makes 4 ordinary calls before the unusual one.
+DEMO_ANOMALY_WARMUP = 4
+ANOMALY_POLICY = """\
+@id("anomalous-calls-need-approval")
+@approval("required")
+forbid (principal, action in [Action::"read", Action::"write", Action::"act"], resource)
+when { context.anomaly_score >= 70 };
+"""
+# A candidate for `remit policy replay`: every reply needs a human first.
+CANDIDATE_POLICY = """\
+@id("replies-need-approval")
+@approval("required")
+forbid (principal, action == Action::"act", resource == Tool::"email/send");
+"""
+
+
 def demo_catalog_text() -> str:
     return resources.files("remit").joinpath("data/demo-catalog.yaml").read_text(encoding="utf-8")
+
+
+def credentialed_catalog() -> dict[str, Any]:
+    """The demo catalog with the operator's credentials attached (and the ledger tool)."""
+    data: dict[str, Any] = yaml.safe_load(demo_catalog_text())
+    tools: list[dict[str, Any]] = [*data["tools"], LEDGER_TOOL]
+    return {
+        "tools": [
+            dict(t, credential=CREDENTIALS[t["name"]]) if t["name"] in CREDENTIALS else t
+            for t in tools
+        ]
+    }
+
+
+def new_payments_key() -> Secret:
+    """The demo's payments API key: random per run, sealed at once, never printed."""
+    return Secret("pk_demo_" + secrets.token_urlsafe(24))
 
 
 def run_demo(
@@ -57,8 +122,14 @@ def run_demo(
     client; ``serve`` then keeps that server running until Ctrl-C (a server is
     started for it even if the scenario ran in-process).
     """
-    settings = replace(Settings(), data_dir=data_dir, trust_domain="acme.example")
-    remit = build_remit(settings, catalog=catalog_from_yaml(demo_catalog_text()))
+    settings = replace(
+        Settings(),
+        data_dir=data_dir,
+        trust_domain="acme.example",
+        credential_providers=DEMO_PROVIDERS,
+        anomaly_warmup=DEMO_ANOMALY_WARMUP,
+    )
+    remit = build_remit(settings, catalog=catalog_from_data(credentialed_catalog()))
     try:
         if not (over_http or serve):
             return _finish(console, _scenario(console, remit, remit, remit, "in-process"))
@@ -151,6 +222,7 @@ def _scenario(
             style="cyan",
         )
     )
+    _attach_credentials(console, operator)
     operator.register_principal(
         "user:sam@acme.example",
         display_name="Sam (support)",
@@ -161,7 +233,14 @@ def _scenario(
         owner="sam@acme.example",
         description="Answers customer tickets.",
         ceiling={
-            "tools": ["ticket/read", "crm/read", "email/send", "research/search", "billing/refund"],
+            "tools": [
+                "ticket/read",
+                "crm/read",
+                "email/send",
+                "research/search",
+                "billing/ledger",
+                "billing/refund",
+            ],
             "privileges": ["read", "act"],
             "destinations": ["email:*", "account:*"],
             "max_sensitivity": "confidential",
@@ -213,7 +292,8 @@ def _scenario(
     steps.append(refused[0])
     expectations.append(refused[1])
 
-    _delegation_and_approval(remit, operator, api, session, show, steps, expectations)
+    _delegation_and_approval(console, remit, operator, api, session, show, steps, expectations)
+    expectations.append(_anomaly(console, operator, session, show))
 
     table = Table(title="decisions", title_justify="left")
     table.add_column("call")
@@ -227,6 +307,7 @@ def _scenario(
     style = "green" if report.ok else "bold red"
     console.print(f"[{style}]{escape(report.summary())}[/]")
     expectations.append(report.ok)
+    expectations.append(_visibility(console, remit, operator, agent.agent_id))
     return all(expectations)
 
 
@@ -234,6 +315,7 @@ REFUND_ACCOUNT = "DE89370400440532013000"
 
 
 def _delegation_and_approval(
+    console: Console,
     remit: Remit,
     operator: Operator,
     api: RemitApi,
@@ -258,7 +340,7 @@ def _delegation_and_approval(
         principal="user:sam@acme.example",
         intent={
             "purpose": "refund order 99812 to alice",
-            "tools": ["research/search", "billing/refund"],
+            "tools": ["research/search", "billing/ledger", "billing/refund"],
             "destinations": [f"account:{REFUND_ACCOUNT}"],
             "sensitivity": "internal",
             "call_budget": 20,
@@ -299,6 +381,18 @@ def _delegation_and_approval(
         )
         expectations.append(exc.reason == "widens_tools")
 
+    looked_up = refund.authorize("billing/ledger", {"order": 99812})
+    show("look up order 99812 in the ledger", looked_up, True)
+    expectations.append(_use_ledger_token(console, remit, operator, looked_up, refund.task_id))
+    try:
+        remit.credential_for(looked_up.obligations[0])
+        steps.append(("the same ledger token again", "[bold red]ISSUED?![/]", "single use"))
+        expectations.append(False)
+    except (RemitError, IndexError) as exc:
+        why = f"{exc.code}: {exc.reason}" if isinstance(exc, RemitError) else "no obligation"
+        steps.append(("the same ledger token again", "[bold red]REFUSED[/]", escape(why)))
+        expectations.append(isinstance(exc, RemitError) and exc.code == "token_revoked")
+
     pay = {"account": REFUND_ACCOUNT, "amount_eur": 49.99, "order": 99812}
     waiting = refund.authorize("billing/refund", pay)
     show("refund 49.99 EUR to alice", waiting, False)
@@ -313,17 +407,198 @@ def _delegation_and_approval(
             f"approval {escape(waiting.approval_id)}",
         )
     )
-    show(
-        "refund, with the approval",
-        refund.authorize("billing/refund", pay, approval=waiting.approval_id),
-        True,
-    )
+    paid = refund.authorize("billing/refund", pay, approval=waiting.approval_id)
+    show("refund, with the approval", paid, True)
+    expectations.append(_use_payments_key(console, remit, paid))
     show(
         "the same refund again",
         refund.authorize("billing/refund", pay, approval=waiting.approval_id),
         False,
     )
     refund.end()
+    expectations.append(_show_leases(console, operator, refund.task_id))
+
+
+def _note(console: Console, tag: str, text: str) -> None:
+    """One line of what happened beside the decisions (already escaped where needed)."""
+    console.print(f"[cyan]\\[{tag}][/] {text}", highlight=False)
+
+
+def _attach_credentials(console: Console, operator: Operator) -> None:
+    """The operator seals the payments API key that the catalog's billing/refund names."""
+    operator.put_secret(PAYMENTS_SECRET, new_payments_key())
+    _note(
+        console,
+        "credentials",
+        f"operator sealed [bold]{PAYMENTS_SECRET}[/] (its value is never shown); the catalog "
+        "injects it into billing/refund (header X-Api-Key, leased per task), and a token "
+        f"signed per call by provider [bold]{LEDGER_PROVIDER}[/] into billing/ledger "
+        f"(audience {LEDGER_AUDIENCE})",
+    )
+
+
+def _obligation(decision: Decision) -> Obligation | None:
+    return decision.obligations[0] if decision.obligations else None
+
+
+def _use_ledger_token(
+    console: Console, remit: Remit, operator: Operator, decision: Decision, task_id: str
+) -> bool:
+    """The gateway's side (in-process with Remit): the allowed call's obligation becomes a
+    per-call signed token, which the ledger service verifies with the provider's public key.
+    Only the verified claims are printed, never the token."""
+    obligation = _obligation(decision)
+    if obligation is None:
+        _note(console, "credentials", "[bold red]the ledger call carries no obligation[/]")
+        return False
+    _note(
+        console,
+        "credentials",
+        f"the agent's decision carries only an obligation: {obligation.kind} "
+        f"{escape(obligation.ref)}",
+    )
+    injection = remit.credential_for(obligation)
+    scheme, _, token = injection.headers["Authorization"].reveal().partition(" ")
+    jwks = operator.provider_jwks(LEDGER_PROVIDER)
+    key = jwt.PyJWK(jwks["keys"][0])
+    claims: dict[str, Any] = jwt.decode(
+        token, key.key, algorithms=[key.algorithm_name], audience=LEDGER_AUDIENCE
+    )
+    _note(
+        console,
+        "credentials",
+        f"the gateway injects Authorization: {scheme} <signed token, not shown>; the ledger "
+        f"verifies it with /v1/providers/{LEDGER_PROVIDER}/jwks: aud {escape(claims['aud'])}, "
+        f"expires {int(claims['exp']) - int(claims['iat'])} s after issue, task "
+        f"{escape(claims['task'])}, tool {escape(claims['tool'])}",
+    )
+    return (
+        scheme == "Bearer"
+        and claims["task"] == task_id
+        and claims["tool"] == "billing/ledger"
+        and claims["lease"] == obligation.ref
+    )
+
+
+def _use_payments_key(console: Console, remit: Remit, decision: Decision) -> bool:
+    """The approved refund's obligation: the sealed key, injected by the gateway only."""
+    obligation = _obligation(decision)
+    if obligation is None:
+        _note(console, "credentials", "[bold red]the refund carries no obligation[/]")
+        return False
+    injection = remit.credential_for(obligation)
+    _note(
+        console,
+        "credentials",
+        f"refund: obligation {obligation.kind} {escape(obligation.ref)}; the gateway injects "
+        f"X-Api-Key from sealed {PAYMENTS_SECRET} (not shown); the lease lives until the "
+        "task ends",
+    )
+    return bool(injection.headers["X-Api-Key"].reveal())
+
+
+def _show_leases(console: Console, operator: Operator, task_id: str) -> bool:
+    """What `remit leases list --task` shows once the refund task has ended."""
+    found = operator.list_leases(task_id=task_id)
+    rows = [lease if isinstance(lease, dict) else lease.to_data() for lease in found]
+    for row in rows:
+        _note(
+            console,
+            "leases",
+            f"{escape(row['lease_id'])}  {escape(row['tool'])}  {escape(row['secret'])}  "
+            f"{escape(row['state'])}  ({escape(row['revoke_reason'] or '')})",
+        )
+    return len(rows) == 2 and all(row["state"] == "revoked" for row in rows)
+
+
+def _anomaly(
+    console: Console,
+    operator: Operator,
+    session: AgentSession,
+    show: Callable[[str, Decision, bool], None],
+) -> bool:
+    """A never-seen destination: an alert, and an operator policy holds the call for a human."""
+    files = {"ops/anomaly.cedar": ANOMALY_POLICY}
+    if isinstance(operator, RemitClient):
+        version = operator.upload_policies(files)
+    else:
+        version = operator.load_policies([PolicySource(n, t) for n, t in files.items()])
+    _note(
+        console,
+        "anomaly",
+        f"operator activates policy anomalous-calls-need-approval ({escape(version)}); "
+        f"anomaly warm-up for this demo data dir: {DEMO_ANOMALY_WARMUP} allowed calls "
+        "(default 50)",
+    )
+    followup = session.open_task(
+        principal="user:sam@acme.example",
+        intent={
+            "purpose": "send the refund confirmation for order 99812",
+            "tools": ["email/send"],
+            "sensitivity": "internal",
+            "call_budget": 5,
+            "ttl_seconds": 600,
+            "request_text": "Send the refund confirmation for order 99812 to Alice's "
+            "accountant, books@ledgerly.example.",
+        },
+    )
+    decision = followup.authorize(
+        "email/send", {"to": "books@ledgerly.example", "body": "Refund of 49.99 EUR confirmed."}
+    )
+    show("confirmation to books@ledgerly.example", decision, False)
+    found = operator.list_alerts(agent=session.agent_id, limit=1)
+    alerts = [a if isinstance(a, dict) else a.to_data() for a in found]
+    for alert in alerts:
+        _note(
+            console,
+            "alert",
+            f"score {alert['score']} on {escape(alert['tool'])} "
+            f"({escape(', '.join(alert['kinds']))}): {escape(alert['explanation'])}",
+        )
+    followup.end()
+    return (
+        decision.outcome is Outcome.APPROVAL_REQUIRED
+        and "anomalous-calls-need-approval" in decision.reasons
+        and bool(alerts)
+        and "new_destination" in alerts[0]["kinds"]
+    )
+
+
+def _visibility(console: Console, remit: Remit, operator: Operator, agent_id: str) -> bool:
+    """Blast radius of the main agent, and a candidate policy replayed over the demo's calls."""
+    console.rule("visibility")
+    if isinstance(operator, RemitClient):
+        radius = operator.blast_radius("support-assistant")
+    else:
+        radius = agent_blast_radius(remit, agent_id).to_data()
+    systems = ", ".join(radius["summary"]["reachable_systems"])
+    findings = radius["findings"]
+    _note(
+        console,
+        "blast radius",
+        f"support-assistant reaches {escape(systems)}; {len(findings)} findings:",
+    )
+    for finding in findings:
+        console.print(
+            f"  {escape(finding['severity'])} {escape(finding['kind'])}: "
+            f"{escape(finding['message'])}",
+            highlight=False,
+        )
+    # Replay is local (it reads the audit log): here, on the demo's own data dir.
+    candidate = [
+        PolicySource("ops/anomaly.cedar", ANOMALY_POLICY),
+        PolicySource("ops/replies.cedar", CANDIDATE_POLICY),
+    ]
+    report = replay_policies(remit, candidate, since="1d")
+    changes = ", ".join(f"{k}: {v}" for k, v in sorted(report["by_change"].items()))
+    _note(
+        console,
+        "replay",
+        f"(local, on the demo's data dir) candidate replies-need-approval would change "
+        f"{report['changed']} of "
+        f"{report['replayed']} recorded decisions ({escape(changes or 'none')})",
+    )
+    return bool(findings) and report["changed"] >= 1
 
 
 def _approve_as(remit: Remit, operator: Operator, approver: str, approval_id: str) -> None:

@@ -36,9 +36,9 @@ from typing import Final
 from remit.clock import Clock
 from remit.config import Settings
 from remit.core.keys import KeySet, SigningKey, sign_es256, verify_es256
-from remit.core.sealing import MasterKey
+from remit.core.sealing import MasterKey, parse_master_keys
 from remit.core.secrets import Secret
-from remit.errors import InvalidRequest, StoreUnavailable
+from remit.errors import InvalidRequest, SealError, StoreUnavailable
 
 DEFAULT_KEY_OVERLAP: Final = float(Settings().key_overlap_seconds)
 VERIFY_LEEWAY: Final = 5.0  # the TokenService's clock-skew leeway on ``exp``
@@ -306,40 +306,72 @@ class MasterKeyStore:
     file (``Settings.master_key_path``), created 0600 (in a 0700 directory) on
     first use. A superseded key is kept beside it as ``master-<kid>.key`` until
     no stored secret is wrapped by it any more (``retire_unused``).
+    ``REMIT_MASTER_KEY_PREVIOUS`` (environment only) adds keys that may unwrap
+    but never seal: the rolling replacement of an environment key (docs/secrets.md).
 
     The key file is re-read when it changes (another process rotated it), and
-    the directory is re-scanned when a secret names a key not in memory.
+    the directory is re-scanned when a secret names a key not in memory. Every
+    key this process has held stays in memory (``find``) even after its file is
+    retired: a row sealed with it just before another process retired it can
+    still be re-wrapped to the active key (``durable`` tells when that is needed).
+    Every file is written to a temporary name first and moved into place, so
+    another process never reads a half-written key.
     """
 
-    def __init__(self, path: Path, env_key: Secret | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        env_key: Secret | None = None,
+        previous: Secret | None = None,
+    ) -> None:
         self.path = path
         self.env_key = env_key
         self._lock = threading.Lock()
         self._active: MasterKey | None = None
         self._stamp: tuple[int, int] | None = None  # (inode, mtime_ns) of the key file read
         self._known: dict[str, MasterKey] = {}
+        # Unwrap-only keys (never seal), parsed eagerly: a bad one is refused at start.
+        self._previous: dict[str, MasterKey] = {
+            k.kid: k for k in (parse_master_keys(previous) if previous is not None else ())
+        }
+        self._known.update(self._previous)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MasterKeyStore:
-        return cls(settings.master_key_path, settings.master_key)
+        return cls(settings.master_key_path, settings.master_key, settings.master_key_previous)
 
     @property
     def from_env(self) -> bool:
         return self.env_key is not None
+
+    @property
+    def previous_kids(self) -> tuple[str, ...]:
+        """The ids of the unwrap-only keys from ``REMIT_MASTER_KEY_PREVIOUS``."""
+        return tuple(sorted(self._previous))
 
     # ------------------------------------------------------------------ files
     def _ensure_dir(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path.parent, 0o700)
 
-    def _write_new(self, path: Path, key: MasterKey) -> None:
-        """Write ``key`` to a new file, 0600; FileExistsError if it is there already."""
+    def _write_tmp(self, key: MasterKey) -> Path:
+        """``key`` in a new 0600 file under a temporary name (fsynced)."""
         self._ensure_dir()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = self.path.parent / f".master-{key.kid}-{os.getpid()}-{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key.to_b64().reveal() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        return tmp
+
+    def _write_new(self, path: Path, key: MasterKey) -> None:
+        """Write ``key`` to a new file, 0600, atomically; FileExistsError if it is there."""
+        tmp = self._write_tmp(key)
+        try:
+            os.link(tmp, path)  # atomic, and fails if ``path`` exists
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _read(self, path: Path) -> MasterKey:
         try:
@@ -356,6 +388,9 @@ class MasterKeyStore:
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns)
+
+    def _retained_path(self, kid: str) -> Path:
+        return self.path.parent / f"master-{kid}.key"
 
     # ------------------------------------------------------------------ keys
     def active(self) -> MasterKey:
@@ -383,7 +418,8 @@ class MasterKeyStore:
         return key
 
     def find(self, kid: str) -> MasterKey | None:
-        """The master key with id ``kid``: the active one or a retained one, or None."""
+        """The master key with id ``kid``: the active one, a retained or previous one, or one
+        this process held before it was retired; None if there is none."""
         with self._lock:
             active = self._active_locked()
             if kid == active.kid:
@@ -391,6 +427,20 @@ class MasterKeyStore:
             if kid not in self._known:
                 self._scan()
             return self._known.get(kid)
+
+    def durable(self, kid: str) -> bool:
+        """Whether a fresh process could open what ``kid`` wraps: it is the active key (the
+        key file is re-checked now), a previous key from the environment, or a retained key
+        file still on disk. False means only memory still holds it (it was retired while
+        something was being sealed with it): re-wrap that to the active key at once."""
+        with self._lock:
+            if kid == self._active_locked().kid or kid in self._previous:
+                return True
+            if self._retained_path(kid).exists():
+                return True
+            if self.env_key is not None and self.path.exists():
+                return self._read(self.path).kid == kid
+            return False
 
     def _scan(self) -> None:
         for path in self._retained_paths():
@@ -432,24 +482,28 @@ class MasterKeyStore:
         """
         if self.env_key is not None:
             raise InvalidRequest(
-                "the master key comes from REMIT_MASTER_KEY; it cannot be rotated from here",
+                "the master key comes from REMIT_MASTER_KEY; it cannot be rotated from here: "
+                "set a new REMIT_MASTER_KEY with the old one in REMIT_MASTER_KEY_PREVIOUS, "
+                "then run `remit secrets rewrap`",
                 reason="master_key_from_env",
             )
         with self._lock:
             old = self._active_locked()
-            retained = self.path.parent / f"master-{old.kid}.key"
             with contextlib.suppress(FileExistsError):
-                self._write_new(retained, old)
+                self._write_new(self._retained_path(old.kid), old)
             new = MasterKey.generate()
-            tmp = self.path.parent / f".master-{new.kid}.tmp"
-            self._write_new(tmp, new)
+            tmp = self._write_tmp(new)
             os.replace(tmp, self.path)
             self._active, self._stamp = new, self._stat()
             self._known[new.kid] = new
             return old, new
 
     def retire_unused(self, in_use: set[str]) -> list[str]:
-        """Delete retained keys no stored secret is wrapped by. The ids deleted."""
+        """Delete retained key files no stored secret is wrapped by. The ids deleted.
+
+        The keys stay in this process's memory, so whatever another process sealed with
+        one of them meanwhile can still be re-wrapped (see ``Remit._retire_master_keys``).
+        """
         retired: list[str] = []
         with self._lock:
             active = self._active_locked().kid
@@ -457,7 +511,10 @@ class MasterKeyStore:
                 match = _RETAINED_MASTER.fullmatch(path.name)
                 if match is None or match.group(1) in in_use or match.group(1) == active:
                     continue
+                if match.group(1) not in self._known:
+                    with contextlib.suppress(StoreUnavailable, SealError):
+                        key = self._read(path)
+                        self._known[key.kid] = key
                 path.unlink(missing_ok=True)
-                self._known.pop(match.group(1), None)
                 retired.append(match.group(1))
         return retired

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +31,7 @@ from remit.core.destinations import DestinationKind, parse_pattern
 from remit.core.identity import AgentStatus, Mode
 from remit.core.inventory import (
     AgentRef,
+    InventoryImport,
     InventoryItem,
     InventoryReport,
     inventory_report,
@@ -45,10 +46,14 @@ __all__ = [
     "FORMATS",
     "compliance",
     "gather_evidence",
+    "inventory_document",
     "inventory_for",
     "read_inventory",
     "render",
     "render_inventory",
+    "render_inventory_data",
+    "report_data",
+    "stored_inventory_report",
 ]
 
 FORMATS: Final = ("md", "json", "html")
@@ -269,9 +274,16 @@ def compliance(
     days: int = 30,
     thresholds: Thresholds | None = None,
     inventory: InventoryReport | None = None,
+    use_stored_inventory: bool = True,
 ) -> ComplianceReport:
-    """The compliance report for ``remit`` now."""
-    evidence = gather_evidence(remit, days=days, thresholds=thresholds, inventory=inventory)
+    """The compliance report for ``remit`` now. Without ``inventory``, the stored
+    (imported) NHI inventory feeds the NHI items, if there is one."""
+    th = thresholds or Thresholds()
+    if inventory is None and use_stored_inventory:
+        stored = stored_inventory_report(remit, max_age_days=th.max_secret_age_days)
+        if stored is not None:
+            inventory = stored[0]
+    evidence = gather_evidence(remit, days=days, thresholds=th, inventory=inventory)
     return compliance_report(evidence)
 
 
@@ -297,6 +309,24 @@ def read_inventory(path: Path, fmt: str | None = None) -> tuple[tuple[InventoryI
     except UnicodeDecodeError:
         raise InvalidRequest("the inventory file is not UTF-8", reason="bad_inventory") from None
     return parse_inventory(text, chosen), hashlib.sha256(data).hexdigest()
+
+
+def inventory_document(items: Sequence[InventoryItem]) -> dict[str, Any]:
+    """The JSON form of parsed items (``{"credentials": [...]}``), as ``PUT /v1/inventory``
+    takes it: a CSV file is converted to this by the CLI."""
+    return {"credentials": [item.to_data() for item in items]}
+
+
+def stored_inventory_report(
+    remit: Remit, *, max_age_days: int = 90
+) -> tuple[InventoryReport, InventoryImport] | None:
+    """The inventory report over the stored (imported) inventory, or None if none was
+    imported."""
+    stored = remit.stored_inventory()
+    if stored is None:
+        return None
+    record, items = stored
+    return inventory_for(remit, items, max_age_days=max_age_days), record
 
 
 def inventory_for(
@@ -464,43 +494,60 @@ def render_html(report: ComplianceReport) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_inventory(report: InventoryReport, *, source_digest: str = "") -> str:
+def render_inventory(
+    report: InventoryReport, *, source_digest: str = "", stored: InventoryImport | None = None
+) -> str:
     """The inventory report as Markdown."""
-    data = report.to_data()
+    return render_inventory_data(report_data(report, source_digest=source_digest, stored=stored))
+
+
+def render_inventory_data(data: Mapping[str, Any]) -> str:
+    """The inventory report as Markdown, from its JSON form (``report_data``, or what
+    ``GET /v1/inventory/report`` returns)."""
+    imported = data.get("import")
+    digest = data.get("source_sha256") or ""
+    if isinstance(imported, Mapping):
+        source = (
+            f" (stored import {_md(imported.get('import_id'))} of "
+            f"{_md(imported.get('imported_at'))} by {_md(imported.get('imported_by'))}, "
+            f"file sha256 {_md(digest)})"
+        )
+    else:
+        source = f" (file sha256 {_md(digest)})" if digest else ""
     out = [
         "# NHI inventory report",
         "",
-        f"Generated {data['generated_at']}; {report.credentials} credentials"
-        + (f" (file sha256 {source_digest})" if source_digest else "")
-        + f"; stale means not rotated for more than {report.max_age_days} days.",
+        f"Generated {_md(data['generated_at'])}; {_md(data['credentials'])} credentials"
+        + source
+        + f"; stale means not rotated for more than {_md(data['max_age_days'])} days.",
         "",
     ]
     sections: list[tuple[str, list[str], list[Sequence[object]]]] = [
         (
             "Shared by several agents",
             ["credential", "used by"],
-            [(s.id, ", ".join(s.agents)) for s in report.shared],
+            [(s["id"], ", ".join(s["agents"])) for s in data["shared"]],
         ),
         (
             "Stale",
             ["credential", "age (days)", "since"],
-            [(s.id, s.age_days, s.basis) for s in report.stale],
+            [(s["id"], s["age_days"], s["basis"]) for s in data["stale"]],
         ),
-        ("Without an owner", ["credential"], [(i,) for i in report.missing_owner]),
+        ("Without an owner", ["credential"], [(i,) for i in data["missing_owner"]]),
         (
             "Used by Remit agents outside Remit (not brokered)",
             ["credential", "agent"],
-            [(u.id, u.agent_id) for u in report.unbrokered_use],
+            [(u["id"], u["agent"]) for u in data["unbrokered_use"]],
         ),
         (
             "Used by identities Remit does not know",
             ["credential", "user"],
-            [(u.id, u.user) for u in report.unknown_users],
+            [(u["id"], u["user"]) for u in data["unknown_users"]],
         ),
         (
             "Not used by anyone (offboarding candidates)",
             ["credential"],
-            [(i,) for i in report.unused],
+            [(i,) for i in data["unused"]],
         ),
     ]
     for title, columns, rows in sections:
@@ -510,5 +557,17 @@ def render_inventory(report: InventoryReport, *, source_digest: str = "") -> str
     return "\n".join(out)
 
 
-def report_data(report: InventoryReport, *, source_digest: str = "") -> dict[str, Any]:
-    return {**report.to_data(), "source_sha256": source_digest}
+def report_data(
+    report: InventoryReport,
+    *,
+    source_digest: str = "",
+    stored: InventoryImport | None = None,
+) -> dict[str, Any]:
+    """The report's JSON form: ``source_sha256`` names the file it was made from, and
+    ``import`` the stored import (None when the report was made from a file)."""
+    digest = stored.source_sha256 if stored is not None else source_digest
+    return {
+        **report.to_data(),
+        "source_sha256": digest,
+        "import": stored.to_data() if stored is not None else None,
+    }

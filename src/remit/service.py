@@ -47,6 +47,7 @@ from remit.core.identity import (
     ceiling_from_data,
     join_token_hash,
 )
+from remit.core.inventory import InventoryImport, InventoryItem, check_import
 from remit.core.keys import jwk_thumbprint, load_public_jwk, verify_es256
 from remit.core.labels import Labels
 from remit.core.leases import (
@@ -72,7 +73,7 @@ from remit.core.policy import (
     explain,
     trust_domain_of,
 )
-from remit.core.sealing import SealedSecret, rewrap, seal, unseal
+from remit.core.sealing import MasterKey, SealedSecret, rewrap, seal, unseal
 from remit.core.secrets import Secret
 from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import IdentityClaims, TaskClaims, TokenService, thaw, verify_call_proof
@@ -87,6 +88,8 @@ from remit.errors import (
     NotFound,
     ProviderUnavailable,
     RemitError,
+    SealError,
+    StoreUnavailable,
     TokenExpired,
     TokenRevoked,
 )
@@ -188,6 +191,61 @@ class MasterRotation:
     new_kid: str
     rewrapped: int
     retired: tuple[str, ...]  # superseded master keys deleted: no secret needs them
+    lease_values: int = 0  # open leases whose sealed values were re-wrapped
+    still_needed: tuple[str, ...] = ()  # older master keys something is still wrapped by
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "old_kid": self.old_kid,
+            "new_kid": self.new_kid,
+            "rewrapped": self.rewrapped,
+            "lease_values": self.lease_values,
+            "retired": list(self.retired),
+            "still_needed": list(self.still_needed),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRewrap:
+    """What ``Remit.rewrap_secrets`` did: master key ids and counts, nothing else."""
+
+    active_kid: str
+    rewrapped: int  # secrets whose data key now is wrapped by the active key
+    lease_values: int  # open leases whose sealed values were re-wrapped
+    still_needed: tuple[str, ...]  # other master keys something is still wrapped by
+    missing: tuple[str, ...]  # of those, the ones this process does not hold at all
+    unreadable: int  # rows whose data key did not open with the key they name (tampered)
+    retired: tuple[str, ...]  # retained key files deleted: nothing needs them any more
+    previous: tuple[str, ...]  # the unwrap-only keys configured (REMIT_MASTER_KEY_PREVIOUS)
+
+    @property
+    def complete(self) -> bool:
+        """Everything is wrapped by the active key: previous keys may be dropped."""
+        return not self.still_needed and not self.unreadable
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "active_kid": self.active_kid,
+            "rewrapped": self.rewrapped,
+            "lease_values": self.lease_values,
+            "still_needed": list(self.still_needed),
+            "missing": list(self.missing),
+            "unreadable": self.unreadable,
+            "retired": list(self.retired),
+            "previous": list(self.previous),
+            "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _RewrapPass:
+    secrets: int
+    lease_values: int
+    missing: frozenset[str]
+    unreadable: int
+
+
+_SETTLE_ROUNDS = 8  # re-wraps of one row in a row before giving up (keys rotating that fast)
 
 
 def _secret_info(record: StoredSecret) -> SecretInfo:
@@ -289,6 +347,8 @@ class StoreLeaseResolver:
         policy: PolicyEngine | None = None,
         provider_for: Callable[[str, str], CredentialProvider | None] | None = None,
         seal_values: Callable[[str, Mapping[str, Secret]], SealedSecret] | None = None,
+        settle_values: Callable[[str], None] | None = None,
+        end_lease: Callable[[str, str], object] | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -297,6 +357,11 @@ class StoreLeaseResolver:
         self.policy = policy
         self.provider_for = provider_for
         self.seal_values = seal_values
+        # After the lease row is committed: keep its values openable across a concurrent
+        # master key rotation (``Remit._settle_lease_values``).
+        self.settle_values = settle_values
+        # Ends one lease now, revoking it downstream, audited (``Remit._end_lease``).
+        self.end_lease = end_lease
 
     def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep:
         credential = spec.credential
@@ -396,17 +461,40 @@ class StoreLeaseResolver:
             except Exception:
                 _log.warning("lease %s: could not undo an unrecorded issue", lease.lease_id)
             raise
-        self.audit.append(
-            "lease.issued",
-            {
-                **audit_base,
-                "handle": handle,
-                "per_call": per_call,
-                "call": lease.call_id,
-                "expires_at": lease.expires_at,
-            },
+        step = LeaseStep(
+            (Obligation(lease.obligation_kind, lease.lease_id),), issued=(lease.lease_id,)
         )
-        return LeaseStep((Obligation(lease.obligation_kind, lease.lease_id),))
+        try:
+            if self.settle_values is not None:
+                self.settle_values(lease.lease_id)
+            self.audit.append(
+                "lease.issued",
+                {
+                    **audit_base,
+                    "handle": handle,
+                    "per_call": per_call,
+                    "call": lease.call_id,
+                    "expires_at": lease.expires_at,
+                },
+            )
+        except BaseException as exc:
+            # Recorded and live downstream, but the call cannot get it: take it back now.
+            why = (exc.reason or exc.code) if isinstance(exc, RemitError) else "internal"
+            self.release(step, f"call_refused:{why}")
+            raise
+        return step
+
+    def release(self, step: LeaseStep, reason: str) -> None:
+        """End the leases newly issued for a call that was then refused (revoked downstream,
+        audited with ``reason``). A reused lease is never in ``step.issued``. Never raises:
+        a lease that cannot be ended now is still reaped at its expiry."""
+        for lease_id in step.issued:
+            try:
+                if self.end_lease is None:
+                    raise ProviderUnavailable("no lease revocation here", reason="no_providers")
+                self.end_lease(lease_id, _short(reason, 120))
+            except Exception:
+                _log.warning("lease %s: could not be released after a refused call", lease_id)
 
 
 def _issue_context(
@@ -514,6 +602,10 @@ class Remit:
                 policy=policy,
                 provider_for=self._provider_for,
                 seal_values=self._seal_values,
+                settle_values=self._settle_lease_values,
+                end_lease=lambda lease_id, reason: self._end_lease(
+                    lease_id, LeaseState.REVOKED, reason
+                ),
             ),
         )
         self._refresh_entities()
@@ -524,7 +616,7 @@ class Remit:
         return self._catalog
 
     def close(self) -> None:
-        self.approval_notifier.join(timeout=WEBHOOK_JOIN_SECONDS)
+        self.approval_notifier.close(timeout=WEBHOOK_JOIN_SECONDS)
         self.alerts.close()
         self.audit.close()
         self.store.close()
@@ -1701,7 +1793,9 @@ class Remit:
                 "secret.put",
                 {"name": name, "version": version, "master_kid": sealed.master_kid},
             )
-            return _secret_info(record)
+            # A rotation elsewhere may have retired the key just used: re-wrap if so.
+            kid = self._settle_secret(name) or sealed.master_kid
+            return replace(_secret_info(record), master_kid=kid)
 
         return self._guard("secret.put", run, name=_short(name, 64))
 
@@ -1728,48 +1822,182 @@ class Remit:
         master = self.masters.find(sealed.master_kid)
         return unseal(sealed, [master] if master is not None else [])
 
+    # Master keys change while other processes seal (a rotation by ``remit secrets
+    # rotate-master`` next to a running server, or by another replica). Every write of a
+    # wrapped data key is followed, after its commit, by a check that the master key it
+    # used can still be found by a fresh process (``MasterKeyStore.durable``); if not, the
+    # row is re-wrapped at once to the active key with the old key still held in memory
+    # (``_settle``). A rotation deletes a retained key file only after a scan found nothing
+    # wrapped by it, and then scans again (``_retire_master_keys``). Together these close
+    # the race without a grace period: see ``_retire_master_keys``.
+    def _settle(
+        self,
+        what: str,
+        load: Callable[[], SealedSecret | None],
+        save: Callable[[SealedSecret, str], bool],
+    ) -> str | None:
+        """Keep one committed row openable by the keys on disk; the kid it ends under."""
+        for _ in range(_SETTLE_ROUNDS):
+            sealed = load()
+            if sealed is None:
+                return None
+            kid = sealed.master_kid
+            if self.masters.durable(kid):
+                return kid
+            held = self.masters.find(kid)
+            if held is None:
+                raise SealError(
+                    f"a secret is sealed by master key {kid}, which is not available",
+                    reason="master_key_missing",
+                    kid=kid,
+                )
+            target = self.masters.active()
+            if save(rewrap(sealed, [held], target), kid):
+                self.audit.append(
+                    "master_key.settled", {"what": what, "old_kid": kid, "new_kid": target.kid}
+                )
+        raise StoreUnavailable(
+            "the master key kept changing while a secret was sealed; try again",
+            reason="master_key_unsettled",
+        )
+
+    def _settle_secret(self, name: str) -> str | None:
+        def load() -> SealedSecret | None:
+            record = self.store.get_secret(name)
+            return record.sealed if record is not None else None
+
+        def save(moved: SealedSecret, old: str) -> bool:
+            return self.store.rewrap_secret(moved, old, self.clock.now())
+
+        return self._settle("secret", load, save)
+
+    def _settle_lease_values(self, lease_id: str) -> None:
+        self._settle(
+            "lease",
+            lambda: self.store.get_lease_values(lease_id),
+            lambda moved, old: self.store.rewrap_lease_values(lease_id, moved, old),
+        )
+
+    def _sealed_rows(self) -> list[tuple[str, SealedSecret]]:
+        """Every wrapped data key at rest: ("secret", ...) and ("lease", lease id) rows."""
+        rows = [("secret", r.sealed) for r in self.store.list_secrets()]
+        rows += [(lease_id, held) for lease_id, held in self.store.list_lease_values()]
+        return rows
+
+    def _settle_all(self) -> None:
+        """``_settle`` every row whose master key a fresh process could not find."""
+        durable: dict[str, bool] = {}
+        for ref, sealed in self._sealed_rows():
+            kid = sealed.master_kid
+            if kid not in durable:
+                durable[kid] = self.masters.durable(kid)
+            if durable[kid]:
+                continue
+            try:
+                if ref == "secret":
+                    self._settle_secret(sealed.name)
+                else:
+                    self._settle_lease_values(ref)
+            except SealError:
+                _log.warning("a row sealed by master key %s cannot be re-wrapped here", kid)
+
+    def _rewrap_pass(self, target: MasterKey) -> _RewrapPass:
+        """Re-wrap every data key not wrapped by ``target`` (values are not touched)."""
+        secrets_done = leases_done = unreadable = 0
+        missing: set[str] = set()
+        for ref, sealed in self._sealed_rows():
+            kid = sealed.master_kid
+            if kid == target.kid:
+                continue
+            master = self.masters.find(kid)
+            if master is None:
+                missing.add(kid)
+                continue
+            try:
+                moved = rewrap(sealed, [master], target)
+            except SealError:
+                unreadable += 1
+                continue
+            if ref == "secret":
+                secrets_done += self.store.rewrap_secret(moved, kid, self.clock.now())
+            else:
+                leases_done += self.store.rewrap_lease_values(ref, moved, kid)
+        return _RewrapPass(secrets_done, leases_done, frozenset(missing), unreadable)
+
+    def _in_use(self) -> set[str]:
+        return {sealed.master_kid for _, sealed in self._sealed_rows()}
+
+    def _retire_master_keys(self) -> tuple[str, ...]:
+        """Delete the retained master key files nothing is wrapped by any more.
+
+        Why no row can be stranded: another process P seals a row with key K (which it
+        holds in memory), commits it, and only then checks that K is still on disk
+        (``_settle``). Here, K's file is deleted only if the scan found no row under K, and
+        after the deletion every row is scanned again: a row still under a retired K is
+        re-wrapped to the active key with K from memory (``retire_unused`` loads K first).
+        If P's commit came before that second scan, the scan sees it; if after, P's check
+        comes after the deletion and P re-wraps the row itself. A grace period would only
+        narrow the window, not close it; this needs no clock and costs one extra scan.
+        """
+        retired = tuple(self.masters.retire_unused(self._in_use()))
+        self._settle_all()
+        return retired
+
+    def _still_needed(self, active_kid: str) -> tuple[str, ...]:
+        return tuple(sorted(self._in_use() - {active_kid}))
+
     def rotate_master_key(self) -> MasterRotation:
         """A new master key; every data key re-wrapped in one pass; the old key retired.
 
         Values and their ciphertexts are not touched. The old key is kept on disk until
         no secret is wrapped by it, so a failure part way leaves every secret readable,
-        and running this again finishes the job.
+        and running this again (or ``rewrap_secrets``) finishes the job. Safe while other
+        processes (a running server, other replicas) seal with the old key: see
+        ``_retire_master_keys``. Refused when the master key comes from the environment.
         """
 
         def run() -> MasterRotation:
             with self._secrets_lock:
                 old, new = self.masters.rotate()
                 self.audit.append("master_key.rotating", {"old_kid": old.kid, "new_kid": new.kid})
-                rewrapped = 0
-                for record in self.store.list_secrets():
-                    sealed = record.sealed
-                    if sealed.master_kid == new.kid:
-                        continue
-                    master = self.masters.find(sealed.master_kid)
-                    moved = rewrap(sealed, [master] if master is not None else [], new)
-                    if self.store.rewrap_secret(moved, sealed.master_kid, self.clock.now()):
-                        rewrapped += 1
-                for lease_id, held in self.store.list_lease_values():
-                    if held.master_kid == new.kid:
-                        continue
-                    master = self.masters.find(held.master_kid)
-                    moved = rewrap(held, [master] if master is not None else [], new)
-                    self.store.rewrap_lease_values(lease_id, moved, held.master_kid)
-                in_use = {r.sealed.master_kid for r in self.store.list_secrets()}
-                in_use |= {held.master_kid for _, held in self.store.list_lease_values()}
-                retired = tuple(self.masters.retire_unused(in_use))
-                self.audit.append(
-                    "master_key.rotated",
-                    {
-                        "old_kid": old.kid,
-                        "new_kid": new.kid,
-                        "rewrapped": rewrapped,
-                        "retired": list(retired),
-                    },
+                done = self._rewrap_pass(new)
+                retired = self._retire_master_keys()
+                still = self._still_needed(new.kid)
+                rotation = MasterRotation(
+                    old.kid, new.kid, done.secrets, retired, done.lease_values, still
                 )
-                return MasterRotation(old.kid, new.kid, rewrapped, retired)
+                self.audit.append("master_key.rotated", rotation.to_data())
+                return rotation
 
         return self._guard("master_key.rotate", run)
+
+    def rewrap_secrets(self) -> MasterRewrap:
+        """Re-wrap every data key (secrets and open leases' values) that is not wrapped by
+        the active master key, then delete retained key files nothing needs, and report
+        which other keys are still needed: none after a complete rewrap, when
+        ``REMIT_MASTER_KEY_PREVIOUS`` can be dropped (docs/secrets.md)."""
+
+        def run() -> MasterRewrap:
+            with self._secrets_lock:
+                active = self.masters.active()
+                self.audit.append("master_key.rewrapping", {"active_kid": active.kid})
+                done = self._rewrap_pass(active)
+                retired = self._retire_master_keys()
+                still = self._still_needed(active.kid)
+                report = MasterRewrap(
+                    active_kid=active.kid,
+                    rewrapped=done.secrets,
+                    lease_values=done.lease_values,
+                    still_needed=still,
+                    missing=tuple(k for k in still if self.masters.find(k) is None),
+                    unreadable=done.unreadable,
+                    retired=retired,
+                    previous=self.masters.previous_kids,
+                )
+                self.audit.append("master_key.rewrapped", report.to_data())
+                return report
+
+        return self._guard("master_key.rewrap", run)
 
     # ------------------------------------------------------------------ policy versions
     def list_policy_versions(self) -> list[PolicyVersionRecord]:
@@ -1851,6 +2079,34 @@ class Remit:
     ) -> list[Alert]:
         """Anomaly alerts, newest first (docs/alerts.md); ``kind`` is a finding kind."""
         return self.alerts.list(since=since, agent=agent, kind=kind, limit=limit)
+
+    # ------------------------------------------------------------------ NHI inventory
+    def import_inventory(
+        self, items: Sequence[InventoryItem], source_digest: str, *, by: str = "local"
+    ) -> InventoryImport:
+        """Store ``items`` as the NHI inventory, replacing the previous import whole
+        (docs/compliance.md). Audited as ``inventory.imported``, with counts only."""
+        checked = check_import(items, source_digest)
+        record = InventoryImport(
+            new_id("inv"), source_digest, by[:256], self.clock.now(), len(checked)
+        )
+        self.store.replace_inventory(record, checked)
+        self.audit.append(
+            "inventory.imported",
+            {
+                "import": record.import_id,
+                "source_sha256": source_digest,
+                "by": record.imported_by,
+                "credentials": len(checked),
+                "without_owner": sum(1 for i in checked if i.owner is None),
+                "used_by": sum(len(i.used_by) for i in checked),
+            },
+        )
+        return record
+
+    def stored_inventory(self) -> tuple[InventoryImport, tuple[InventoryItem, ...]] | None:
+        """The imported NHI inventory, if one was imported."""
+        return self.store.get_inventory()
 
     def check_ready(self) -> None:
         """Raise StoreUnavailable or AuditUnavailable unless the store answers and the audit

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from remit.core.analysis import effective_permissions
 from remit.core.blast_radius import (
+    MAX_LISTED_CHAINS,
     FINDING_KINDS,
     SCHEMA_ID,
     SHADOW_REASON,
@@ -361,6 +362,8 @@ def test_json_shape_is_stable(catalog: Catalog) -> None:
     }
     assert {tuple(sorted(f)) for f in data["findings"]} == {
         (
+            "chain_count",
+            "chains",
             "destination_classes",
             "kind",
             "message",
@@ -442,3 +445,41 @@ def test_invariants(ceilings: list[list[str]], shadow: list[bool], forbid_email:
     assert {e.target.removeprefix("tool:") for e in report.edges if e.kind.startswith("can_")} <= (
         granted
     )
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_reach_is_one_finding_per_system_with_its_chains(catalog: Catalog) -> None:
+    root = lead(catalog)
+    tools = ["ticket/read", "crm/read", "crm/export", "notes/write", "email/send"]
+    peers = [make_agent(catalog, f"spiffe://acme.example/agent/peer{i}", tools) for i in range(9)]
+    report = analyse(catalog, root, [root, *peers])
+    assert report.chains > 100  # the baseline lets same-domain agents delegate freely
+    act = of_kind(report, "act-reach")
+    write = of_kind(report, "write-reach")
+    assert [f.systems for f in act] == [("email",)]
+    assert [f.systems for f in write] == [("notes",)]
+    (finding,) = act
+    # Every chain hands email/send on and every peer may use it: all of them reach it.
+    assert finding.chain_count == report.chains
+    assert len(finding.chains) == MAX_LISTED_CHAINS
+    assert finding.chains[0] == "lead"  # the shortest path first: the agent itself
+    assert finding.chains[1].startswith("lead → delegate → peer")
+    assert finding.path == (f"agent:{LEAD}", "tool:email/send", "system:email")
+    assert finding.message == (
+        f"lead can act in email directly and via {report.chains - 1} delegation paths"
+    )
+    assert "permit-delegation-same-trust-domain" in finding.reasons
+    data = finding.to_data()
+    assert data["chain_count"] == report.chains and len(data["chains"]) == MAX_LISTED_CHAINS
+
+
+def test_reach_only_through_delegation_names_the_chain(catalog: Catalog) -> None:
+    root, other = lead(catalog), mailer(catalog)
+    report = analyse(catalog, root, [root, other], NO_EMAIL_FOR_LEAD)
+    (act,) = [f for f in of_kind(report, "act-reach") if f.systems == ("email",)]
+    assert act.chain_count == 1 and act.chains == ("lead → delegate → mailer",)
+    assert act.message == "lead can act in email through delegation via 1 path"
+    (write,) = of_kind(report, "write-reach")
+    assert write.chains == ("lead",) and write.message == "lead can write in notes directly"

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from remit.core.inventory import (
     AgentRef,
+    InventoryImport,
     InventoryItem,
+    check_import,
     inventory_report,
     parse_inventory,
 )
@@ -228,3 +230,60 @@ def test_item_is_frozen() -> None:
     item = InventoryItem("a", None, (), 0.0, None, ())
     with pytest.raises(AttributeError):
         item.id = "b"  # type: ignore[misc]
+
+
+_cell = st.text(
+    alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "Zs"), exclude_characters=";"),
+    min_size=1,
+    max_size=12,
+).filter(lambda t: t.strip() == t and t.isprintable())
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), _cell),
+            st.lists(_cell, max_size=3),
+            st.integers(0, 3_000_000_000),
+            st.one_of(st.none(), st.integers(0, 100_000_000)),
+            st.lists(_cell, max_size=3),
+            st.one_of(st.none(), _cell),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_json_form_round_trips(
+    rows: list[tuple[str | None, list[str], int, int | None, list[str], str | None]],
+) -> None:
+    """``to_data`` is what the CLI sends for a CSV file: parsing it gives the same items."""
+    items = tuple(
+        InventoryItem(
+            id=f"c{n}",
+            owner=owner,
+            systems=tuple(dict.fromkeys(systems)),
+            created=float(created),
+            last_rotated=float(created + rotated) if rotated is not None else None,
+            used_by=tuple(dict.fromkeys(users)),
+            remit_secret=secret,
+        )
+        for n, (owner, systems, created, rotated, users, secret) in enumerate(rows)
+    )
+    text = json.dumps({"credentials": [i.to_data() for i in items]})
+    assert parse_inventory(text, "json") == items
+
+
+def test_check_import() -> None:
+    item = InventoryItem("a", None, (), 0.0, None, ())
+    assert check_import([item], "0" * 64) == (item,)
+    for items, digest in (
+        ([item, item], "0" * 64),
+        ([], "0" * 64),
+        ([item], "0" * 63),
+        ("a", "0" * 64),
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            check_import(items, digest)
+        assert caught.value.reason == "bad_inventory"
+    record = InventoryImport("inv_1", "0" * 64, "op", 0.0, 1)
+    assert record.to_data()["imported_at"] == "1970-01-01T00:00:00Z"

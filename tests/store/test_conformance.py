@@ -294,3 +294,50 @@ def test_sealed_secrets(store: SqlStore) -> None:
     assert after is not None and after.rotated_at == 20.0
     assert after.sealed.master_kid == new.kid and after.sealed.ciphertext == v2.ciphertext
     assert unseal(after.sealed, [new]).reveal() == "two"
+
+
+def test_inventory_replace_and_read(store: SqlStore) -> None:
+    from remit.core.inventory import InventoryImport, InventoryItem
+
+    assert store.schema_version() >= 8
+    assert store.get_inventory() is None
+    first = (
+        InventoryItem("svc-a", "ops", ("crm", "billing"), 100.0, 200.5, ("a1", "a2"), "vault-a"),
+        InventoryItem("svc-b", None, (), 50.0, None, (), None),
+        InventoryItem("üñí-ç", "", ("x",) * 3, 1.25, None, ("spiffe://d/agent/a1",), None),
+    )
+    record = InventoryImport("inv_1", "a" * 64, "alice", 1000.0, len(first))
+    store.replace_inventory(record, first)
+    got = store.get_inventory()
+    assert got is not None
+    assert got[0] == record
+    assert got[1] == first  # in import order, every field as given
+
+    # An import replaces the previous one whole.
+    second = tuple(
+        InventoryItem(f"k{i:05d}", "team", ("s",), float(i), None, ("a1",), None)
+        for i in range(2500)
+    )
+    newer = InventoryImport("inv_2", "b" * 64, "bob", 2000.0, len(second))
+    store.replace_inventory(newer, second)
+    again = store.get_inventory()
+    assert again is not None and again[0] == newer and again[1] == second
+    assert "svc-a" not in {i.id for i in again[1]}
+
+
+def test_inventory_replace_is_atomic(store: SqlStore) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from remit.core.inventory import InventoryImport, InventoryItem
+
+    kept = (InventoryItem("keep", "ops", ("s",), 1.0, None, ("a1",), None),)
+    record = InventoryImport("inv_k", "c" * 64, "op", 1.0, 1)
+    store.replace_inventory(record, kept)
+    good = InventoryItem("x", None, (), 1.0, None, (), None)
+    broken = InventoryItem("y", None, (), None, None, (), None)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError):  # created is NOT NULL: the last row fails
+        store.replace_inventory(
+            InventoryImport("inv_bad", "d" * 64, "op", 2.0, 3), [good] * 2 + [broken]
+        )
+    # Nothing of the failed import is visible; the previous one is intact.
+    assert store.get_inventory() == (record, kept)

@@ -27,6 +27,7 @@ destination patterns (a ceiling that can never cover a kind still shows
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -37,7 +38,13 @@ from remit.core.mandate import Mandate
 from remit.core.policy import PolicyEngine, PolicyRequest
 from remit.core.policy_cases import build_context
 
-__all__ = ["DESTINATION_CLASSES", "TAINTS", "Permission", "effective_permissions"]
+__all__ = [
+    "DESTINATION_CLASSES",
+    "TAINTS",
+    "Permission",
+    "effective_permissions",
+    "permission_grid",
+]
 
 DESTINATION_CLASSES: Final[tuple[str, ...]] = ("none", "explicit", "by_pattern", "outside")
 TAINTS: Final[tuple[str, ...]] = ("none", "untrusted", "confidential")
@@ -81,24 +88,51 @@ def effective_permissions(
     """Every grid point for every tool the agent (and the mandate) could call, sorted by tool."""
     ceiling = agent.ceiling
     sensitivity = mandate.sensitivity_ceiling if mandate is not None else ceiling.max_sensitivity
+    tools = [
+        name
+        for name, spec in catalog.tools.items()
+        if name in ceiling.tools
+        and spec.privilege in ceiling.privileges
+        and (mandate is None or name in mandate.tools)
+    ]
+    return permission_grid(engine, catalog, agent, tools, sensitivity=sensitivity)
+
+
+def permission_grid(
+    engine: PolicyEngine,
+    catalog: Catalog,
+    agent: Agent,
+    tools: Iterable[str],
+    *,
+    sensitivity: Sensitivity,
+    delegation_depth: int | None = None,
+    placeholder: str = "effective-permissions.invalid",
+) -> list[Permission]:
+    """The grid (destination class x prior taint) for each of ``tools`` (catalog tools,
+    evaluated in name order) with real Cedar: a clean in-mandate call of ``agent`` under
+    a task with ``sensitivity`` as its ceiling. With ``delegation_depth`` the task is a
+    delegated one at that depth (``delegated`` is set). ``placeholder`` is the host of the
+    stand-in destination: policies see only its class."""
     found: list[Permission] = []
-    for name in sorted(catalog.tools):
+    for name in sorted(set(tools)):
         spec = catalog.tools[name]
-        if name not in ceiling.tools or spec.privilege not in ceiling.privileges:
-            continue
-        if mandate is not None and name not in mandate.tools:
-            continue
+        task: dict[str, Any] = {"sensitivity_ceiling": int(sensitivity)}
+        delegated: dict[str, Any] = {}
+        if delegation_depth is not None:
+            task["delegation_depth"] = delegation_depth
+            delegated["delegated"] = True
         classes = DESTINATION_CLASSES if spec.destination_args else ("none",)
         for destination_class in classes:
             for taint in TAINTS:
                 facts: dict[str, Any] = {
                     "mode": agent.mode.value,
-                    "task": {"sensitivity_ceiling": int(sensitivity)},
+                    "task": task,
                     "tool_in_mandate": True,
+                    **delegated,
                     "output_sensitivity": int(spec.output_labels.sensitivity),
                     "output_flags": sorted(spec.output_labels.flags),
                     **_TAINT_FACTS[taint],
-                    **_destination_facts(spec, destination_class),
+                    **_destination_facts(spec, destination_class, placeholder),
                 }
                 result = engine.evaluate(
                     PolicyRequest(
@@ -121,9 +155,11 @@ def effective_permissions(
     return found
 
 
-def _destination_facts(spec: ToolSpec, destination_class: str) -> dict[str, list[str]]:
+def _destination_facts(
+    spec: ToolSpec, destination_class: str, placeholder: str
+) -> dict[str, list[str]]:
     if destination_class == "none":
         return {}
     # A stand-in destination of the tool's first declared kind; policies see only its class.
     kind = spec.destination_args[0].kind.value
-    return {f"destinations_{destination_class}": [f"{kind}:effective-permissions.invalid"]}
+    return {f"destinations_{destination_class}": [f"{kind}:{placeholder}"]}

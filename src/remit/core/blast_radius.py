@@ -32,8 +32,10 @@ destination class) and the deciding policy ids:
   a clean task), and the same agent, or one it delegates to with that taint
   (taint flows to delegated sub-tasks), can then ``act`` to a ``by_pattern`` or
   ``outside`` destination under that taint;
-* ``act-reach`` / ``write-reach``: a chain reaches a tool of that privilege in a
-  system (the tool's server, the part before ``/``);
+* ``act-reach`` / ``write-reach``: the agent can reach a tool of that privilege in
+  a system (the tool's server, the part before ``/``), directly or through some
+  delegation chains: one finding per (privilege, system), naming the shortest path,
+  the number of chains and the first ``MAX_LISTED_CHAINS`` of them;
 * ``delegation-widening``: an edge whose target's reachable systems (its own
   and further down) are not a subset of what the delegating agent reaches itself;
 * ``unused-grant`` (only with usage): a tool the analysed agent can really
@@ -51,17 +53,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from remit.core.analysis import DESTINATION_CLASSES, TAINTS, Permission, effective_permissions
+from remit.core.analysis import (
+    DESTINATION_CLASSES,
+    Permission,
+    effective_permissions,
+    permission_grid,
+)
 from remit.core.catalog import Catalog, Privilege, ToolSpec
 from remit.core.identity import Agent, AgentStatus, Mode
 from remit.core.labels import Sensitivity
 from remit.core.policy import PolicyEngine, PolicyRequest, trust_domain_of
-from remit.core.policy_cases import build_context
 
 __all__ = [
     "DELEGATION_TAINTS",
     "FINDING_KINDS",
     "MAX_CHAINS",
+    "MAX_LISTED_CHAINS",
     "SCHEMA_ID",
     "SHADOW_REASON",
     "BlastRadius",
@@ -83,6 +90,7 @@ FINDING_KINDS: Final[tuple[str, ...]] = (
 DELEGATION_TAINTS: Final[tuple[str, ...]] = ("none", "untrusted", "confidential", "restricted")
 SHADOW_REASON: Final = "shadow-mode"
 MAX_CHAINS: Final = 512
+MAX_LISTED_CHAINS: Final = 20  # chains named in one act-reach / write-reach finding
 EXFIL_CLASSES: Final[tuple[str, ...]] = ("by_pattern", "outside")
 _SEVERITY: Final[dict[str, str]] = {
     "exfil-path": "high",
@@ -96,11 +104,6 @@ _DELEGATION_TAINT_FACTS: Final[dict[str, tuple[int, list[str]]]] = {
     "untrusted": (int(Sensitivity.PUBLIC), ["untrusted"]),
     "confidential": (int(Sensitivity.CONFIDENTIAL), []),
     "restricted": (int(Sensitivity.RESTRICTED), []),
-}
-_GRID_TAINT_FACTS: Final[dict[str, dict[str, Any]]] = {
-    "none": {"taint_sensitivity": int(Sensitivity.PUBLIC), "taint_flags": []},
-    "untrusted": {"taint_sensitivity": int(Sensitivity.PUBLIC), "taint_flags": ["untrusted"]},
-    "confidential": {"taint_sensitivity": int(Sensitivity.CONFIDENTIAL), "taint_flags": []},
 }
 
 
@@ -165,6 +168,10 @@ class Finding:
     tools: tuple[str, ...] = ()
     destination_classes: tuple[str, ...] = ()
     taints: tuple[str, ...] = ()
+    # act-reach / write-reach: the chains (agent names, "delegate" between) that reach the
+    # system, shortest first, at most MAX_LISTED_CHAINS; chain_count counts them all.
+    chains: tuple[str, ...] = ()
+    chain_count: int = 0
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -178,6 +185,8 @@ class Finding:
             "tools": list(self.tools),
             "destination_classes": list(self.destination_classes),
             "taints": list(self.taints),
+            "chains": list(self.chains),
+            "chain_count": self.chain_count,
         }
 
 
@@ -286,8 +295,8 @@ def blast_radius(
     for chain in chains:
         graph.add_chain(chain)
     findings: list[Finding] = []
+    findings.extend(_reach_findings(chains, catalog))
     for index, chain in enumerate(chains):
-        findings.extend(_reach_findings(chain, catalog))
         findings.extend(_exfil_findings(chains, index, catalog))
         if chain.parent is not None:
             parent = chains[chain.parent]
@@ -419,48 +428,15 @@ def _grid(
 ) -> list[Permission]:
     """The effective-permissions grid of a delegated task: the handed tools, ``delegated``
     set, the child's depth and sensitivity ceiling."""
-    found: list[Permission] = []
-    for name in sorted(tools & _callable_tools(agent, catalog)):
-        spec = catalog.tools[name]
-        classes = DESTINATION_CLASSES if spec.destination_args else ("none",)
-        for destination_class in classes:
-            for taint in TAINTS:
-                facts: dict[str, Any] = {
-                    "mode": agent.mode.value,
-                    "task": {"sensitivity_ceiling": int(sensitivity), "delegation_depth": depth},
-                    "tool_in_mandate": True,
-                    "delegated": True,
-                    "output_sensitivity": int(spec.output_labels.sensitivity),
-                    "output_flags": sorted(spec.output_labels.flags),
-                    **_GRID_TAINT_FACTS[taint],
-                    **_destination_facts(spec, destination_class),
-                }
-                result = engine.evaluate(
-                    PolicyRequest(
-                        agent_id=agent.agent_id,
-                        action=spec.privilege.value,
-                        tool=name,
-                        context=build_context(facts),
-                    )
-                )
-                found.append(
-                    Permission(
-                        tool=name,
-                        privilege=spec.privilege.value,
-                        destination_class=destination_class,
-                        taint=taint,
-                        allowed=result.allowed,
-                        reasons=result.reasons,
-                    )
-                )
-    return found
-
-
-def _destination_facts(spec: ToolSpec, destination_class: str) -> dict[str, list[str]]:
-    if destination_class == "none":
-        return {}
-    kind = spec.destination_args[0].kind.value
-    return {f"destinations_{destination_class}": [f"{kind}:blast-radius.invalid"]}
+    return permission_grid(
+        engine,
+        catalog,
+        agent,
+        tools & _callable_tools(agent, catalog),
+        sensitivity=sensitivity,
+        delegation_depth=depth,
+        placeholder="blast-radius.invalid",
+    )
 
 
 def _delegation(
@@ -650,30 +626,55 @@ def _hop_reasons(chain: _Chain) -> list[str]:
     return [r for hop in chain.hops for r in hop.reasons]
 
 
-def _reach_findings(chain: _Chain, catalog: Catalog) -> list[Finding]:
+def _reach_findings(chains: Sequence[_Chain], catalog: Catalog) -> list[Finding]:
+    """One finding per (privilege, system) over all chains: which agent can write or act
+    in a system, via how many paths (chains), listing at most ``MAX_LISTED_CHAINS`` of
+    them. The path shown is the shortest chain (the agent itself when it reaches the
+    system directly); tools, destination classes, taints and reasons are the union."""
+    per_system: dict[tuple[str, str], list[tuple[_Chain, list[_Point]]]] = {}
+    for chain in chains:  # breadth first: shorter chains come first
+        mine: dict[tuple[str, str], list[_Point]] = {}
+        for point in chain.points:
+            spec = catalog.get(point.permission.tool)
+            if not point.effective or spec is None or spec.privilege is Privilege.READ:
+                continue
+            mine.setdefault((spec.privilege.value, spec.server), []).append(point)
+        for key, points in mine.items():
+            per_system.setdefault(key, []).append((chain, points))
     found: list[Finding] = []
-    per_system: dict[tuple[str, str], list[_Point]] = {}
-    for point in chain.points:
-        spec = catalog.get(point.permission.tool)
-        if not point.effective or spec is None or spec.privilege is Privilege.READ:
-            continue
-        per_system.setdefault((spec.privilege.value, spec.server), []).append(point)
-    for (privilege, system), points in sorted(per_system.items()):
-        tools = sorted({p.permission.tool for p in points})
+    for (privilege, system), reached in sorted(per_system.items()):
+        first, first_points = reached[0]
+        first_tools = sorted({p.permission.tool for p in first_points})
+        tools = sorted({p.permission.tool for _, points in reached for p in points})
+        every = [p for _, points in reached for p in points]
+        direct = first.depth == 0
+        paths = len(reached)
+        if direct and paths == 1:
+            how = "directly"
+        elif direct:
+            how = f"directly and via {paths - 1} delegation path{'s' if paths > 2 else ''}"
+        else:
+            how = f"through delegation via {paths} path{'s' if paths > 1 else ''}"
         kind = f"{privilege}-reach"
-        via = " through delegation" if chain.depth else ""
         found.append(
             Finding(
                 kind=kind,
                 severity=_SEVERITY[kind],
-                path=(*_chain_path(chain), *(f"tool:{t}" for t in tools), f"system:{system}"),
-                steps=" → ".join([*_chain_steps(chain), ", ".join(tools), system]),
-                message=f"{chain.agents[0].name} can {privilege} in {system}{via}",
-                reasons=_dedupe([*_hop_reasons(chain), *(r for p in points for r in p.reasons)]),
+                path=(*_chain_path(first), *(f"tool:{t}" for t in first_tools), f"system:{system}"),
+                steps=" → ".join([*_chain_steps(first), ", ".join(first_tools), system]),
+                message=f"{first.agents[0].name} can {privilege} in {system} {how}",
+                reasons=_dedupe(
+                    [r for chain, _ in reached for r in _hop_reasons(chain)]
+                    + [r for p in every for r in p.reasons]
+                ),
                 systems=(system,),
                 tools=tuple(tools),
-                destination_classes=_sorted_classes(p.permission.destination_class for p in points),
-                taints=_sorted_taints(p.permission.taint for p in points),
+                destination_classes=_sorted_classes(p.permission.destination_class for p in every),
+                taints=_sorted_taints(p.permission.taint for p in every),
+                chains=tuple(
+                    " → ".join(_chain_steps(chain)) for chain, _ in reached[:MAX_LISTED_CHAINS]
+                ),
+                chain_count=paths,
             )
         )
     return found

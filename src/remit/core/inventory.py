@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -51,8 +52,10 @@ from remit.errors import InvalidRequest
 __all__ = [
     "COLUMNS",
     "AgentRef",
+    "InventoryImport",
     "InventoryItem",
     "InventoryReport",
+    "check_import",
     "inventory_report",
     "parse_inventory",
 ]
@@ -109,6 +112,50 @@ class AgentRef:
 
     name: str
     agent_id: str  # its SPIFFE ID
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryImport:
+    """The stored inventory's provenance: one import replaces the previous one whole."""
+
+    import_id: str
+    source_sha256: str  # of the file (or request body) the items were parsed from
+    imported_by: str  # the operator token's name, or "local" for the data directory
+    imported_at: float
+    credentials: int
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "import_id": self.import_id,
+            "source_sha256": self.source_sha256,
+            "imported_by": self.imported_by,
+            "imported_at": _iso(self.imported_at),
+            "credentials": self.credentials,
+        }
+
+
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def check_import(items: object, source_digest: object) -> tuple[InventoryItem, ...]:
+    """The items of an import, checked as a whole: a non-empty sequence of at most
+    ``MAX_ROWS`` ``InventoryItem`` with unique ids, and a lowercase hex SHA-256."""
+    if not isinstance(source_digest, str) or not _SHA256.fullmatch(source_digest):
+        raise InvalidRequest("the source digest must be a lowercase hex SHA-256", reason=REASON)
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise InvalidRequest("an inventory import is a list of items", reason=REASON)
+    if not items:
+        raise InvalidRequest("the inventory has no rows", reason=REASON)
+    if len(items) > MAX_ROWS:
+        raise InvalidRequest(f"the inventory has more than {MAX_ROWS} rows", reason=REASON)
+    seen: set[str] = set()
+    for index, item in enumerate(items, start=1):
+        if not isinstance(item, InventoryItem):
+            raise InvalidRequest(f"row {index}: not an inventory item", reason=REASON)
+        if item.id in seen:
+            raise InvalidRequest(f"row {index}: id {item.id!r} was already given", reason=REASON)
+        seen.add(item.id)
+    return tuple(items)
 
 
 # ----------------------------------------------------------------------------- parsing

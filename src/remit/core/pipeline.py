@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from remit.canonical import JsonLimits, check_json, digest
+from remit.canonical import JsonLimits, digest
 from remit.clock import Clock
 from remit.core.audit import AuditRecord
 from remit.core.catalog import Catalog, ToolSpec, check_tool_name
@@ -179,14 +179,22 @@ class LeaseStep:
 
     obligations: tuple[Obligation, ...] = ()
     denied: tuple[str, ...] = ()
+    issued: tuple[str, ...] = ()  # leases newly issued for this call (not reused ones)
 
 
 class LeaseResolver(Protocol):
     """Step 7: obligations (credentials to inject) for an allowed call. ``call_id`` is the
     decision id (per-call leases are bound to it). Raises (fails closed) when a credential
-    cannot be issued."""
+    cannot be issued.
+
+    ``release`` ends the leases ``step`` newly issued (``LeaseStep.issued``, never a reused
+    one) when the call is refused after step 7 (a replayed proof, an exhausted budget, any
+    failure up to and including the audit write): a credential never handed out must not
+    stay open. It must not raise."""
 
     def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep: ...
+
+    def release(self, step: LeaseStep, reason: str) -> None: ...
 
 
 class NoApprovals:
@@ -205,9 +213,15 @@ class NoApprovals:
         return ApprovalStep(outcome, reasons)
 
 
+_NO_LEASE = LeaseStep()
+
+
 class NoLeases:
     def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep:
         return LeaseStep()
+
+    def release(self, step: LeaseStep, reason: str) -> None:
+        return None
 
 
 class BasicMonitor:
@@ -302,8 +316,7 @@ class Pipeline:
         tool = check_tool_name(call.tool)
         if not isinstance(call.arguments, Mapping):
             raise InvalidRequest("arguments must be an object", reason="bad_arguments")
-        check_json(call.arguments, ARGUMENT_LIMITS, "arguments")
-        args_digest = digest(call.arguments, ARGUMENT_LIMITS)
+        args_digest = digest(call.arguments, ARGUMENT_LIMITS, "arguments")  # checks limits
         ctx["args_digest"] = args_digest
         claims = self.tokens.verify_task(call.task_token)
         ctx.update(task=claims.task_id, agent=claims.agent_id, instance=claims.instance_id)
@@ -369,12 +382,9 @@ class Pipeline:
         }
         ctx["mandate_violations"] = list(check.violations)
         ctx["monitor_reasons"] = list(monitor_reasons)
-        outcome, reasons = combine_outcome(result, check.violations, monitor_reasons)
-        if verdict.approval_reasons and outcome is not Outcome.DENY:
-            # The monitor's automatic response: an anomalous call waits for a human.
-            kept = reasons if outcome is Outcome.APPROVAL_REQUIRED else ()
-            reasons = tuple(dict.fromkeys(kept + verdict.approval_reasons))
-            outcome = Outcome.APPROVAL_REQUIRED
+        outcome, reasons = combine_outcome(
+            result, check.violations, monitor_reasons, verdict.approval_reasons
+        )
         ctx["shadow_policies"] = list(result.shadow_reasons)
 
         # 6. Approval.
@@ -425,6 +435,7 @@ class Pipeline:
         # An unknown tool is denied even in shadow mode: there is nothing to decide it by.
         allowed = spec is not None and (outcome is Outcome.ALLOW or mode is Mode.SHADOW)
         obligations: tuple[Obligation, ...] = ()
+        leased = _NO_LEASE
         # 7. Leases; then the jti, budget and taint in one transaction (DESIGN §2 step 9,
         # applied before the result exists, so no later report is needed).
         if allowed and spec is not None:
@@ -432,29 +443,44 @@ class Pipeline:
             obligations = leased.obligations
             if leased.denied:  # issuance policy said no: never a call without its credential
                 allowed, outcome, reasons = False, Outcome.DENY, leased.denied
-        jti, jti_expires_at = ctx.pop("_jti")
-        fresh, consumed = self.state.record_call(
-            task_id=task.task_id,
-            jti=jti,
-            jti_expires_at=jti_expires_at,
-            consume=allowed,
-            taint=spec.output_labels if spec is not None else Labels(),
-        )
-        if not fresh:
-            raise InvalidProof("this proof was used before", reason="replayed")
-        if allowed and not consumed and mode is Mode.ENFORCE:
-            allowed, outcome, reasons, obligations = False, Outcome.DENY, ("budget-exhausted",), ()
-        # 8. Audit: the decision is chained and written before the call may go ahead.
-        ctx.update(
-            outcome=outcome.value,
-            allowed=allowed,
-            would_deny=allowed and outcome is not Outcome.ALLOW,
-            mode=mode.value,
-            reasons=list(reasons),
-            policy_version=policy_version,
-            owner=agent.owner,
-        )
-        record = self.audit.append("decision", ctx)
+        # From here on, a lease issued for this call is released on every path that does
+        # not hand it out in an allowed decision (replayed, budget spent, audit down, ...).
+        try:
+            jti, jti_expires_at = ctx.pop("_jti")
+            fresh, consumed = self.state.record_call(
+                task_id=task.task_id,
+                jti=jti,
+                jti_expires_at=jti_expires_at,
+                consume=allowed,
+                taint=spec.output_labels if spec is not None else Labels(),
+            )
+            if not fresh:
+                raise InvalidProof("this proof was used before", reason="replayed")
+            if allowed and not consumed and mode is Mode.ENFORCE:
+                allowed, outcome, reasons, obligations = (
+                    False,
+                    Outcome.DENY,
+                    ("budget-exhausted",),
+                    (),
+                )
+            # 8. Audit: the decision is chained and written before the call may go ahead.
+            ctx.update(
+                outcome=outcome.value,
+                allowed=allowed,
+                would_deny=allowed and outcome is not Outcome.ALLOW,
+                mode=mode.value,
+                reasons=list(reasons),
+                policy_version=policy_version,
+                owner=agent.owner,
+            )
+            record = self.audit.append("decision", ctx)
+        except BaseException as exc:
+            if leased.issued:
+                why = (exc.reason or exc.code) if isinstance(exc, RemitError) else "internal"
+                self.leases.release(leased, f"call_refused:{why}")
+            raise
+        if leased.issued and not allowed:
+            self.leases.release(leased, f"call_refused:{','.join(reasons)}")
         return Decision(
             decision_id=decision_id,
             outcome=outcome,

@@ -87,6 +87,41 @@ class MasterKey:
         raise TypeError("master keys are not picklable")
 
 
+MAX_PREVIOUS_KEYS: Final = 16
+
+
+def parse_master_keys(text: Secret) -> tuple[MasterKey, ...]:
+    """Comma-separated base64url master keys (``REMIT_MASTER_KEY_PREVIOUS``), in order,
+    without duplicates; blanks around commas are ignored. ``SealError`` (never echoing the
+    text) for a bad entry, an empty list or more than ``MAX_PREVIOUS_KEYS``."""
+    if not isinstance(text, Secret):
+        raise InvalidRequest("master keys must be a Secret", reason="bad_master_key")
+    parts = [p.strip() for p in text.reveal().split(",")]
+    if not any(parts):
+        raise SealError("the list of master keys is empty", reason="bad_master_key")
+    if len(parts) > MAX_PREVIOUS_KEYS:
+        raise SealError(
+            f"at most {MAX_PREVIOUS_KEYS} previous master keys may be given",
+            reason="bad_master_key",
+        )
+    keys: dict[str, MasterKey] = {}
+    for index, part in enumerate(parts):
+        if not part:
+            raise SealError(
+                f"previous master key #{index + 1} is empty (a stray comma?)",
+                reason="bad_master_key",
+            )
+        try:
+            key = MasterKey.from_b64(Secret(part))
+        except SealError:
+            raise SealError(
+                f"previous master key #{index + 1} is not base64url of 32 bytes",
+                reason="bad_master_key",
+            ) from None
+        keys.setdefault(key.kid, key)
+    return tuple(keys.values())
+
+
 @dataclass(frozen=True, slots=True)
 class SealedSecret:
     """A secret at rest: nothing here is plaintext. ``wrapped_key`` is nonce + GCM output."""

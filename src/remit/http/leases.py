@@ -5,6 +5,9 @@ Operator routes (scopes in ``LEASE_ROUTE_SCOPES``, merged into ``ROUTE_SCOPES``)
 * ``GET /v1/secrets`` names, versions and dates; never a value (readonly);
 * ``PUT /v1/secrets/{name}`` seal and store the next version; the value is in the body and
   never echoed (admin);
+* ``POST /v1/secrets/rotate-master`` a new master key, every data key re-wrapped, old key
+  files retired; ``POST /v1/secrets/rewrap`` re-wrap everything not wrapped by the active
+  key and report which other keys are still needed (admin; both answer key ids and counts);
 * ``GET /v1/leases`` with ``task``, ``state``, ``outstanding`` filters; ``GET
   /v1/leases/{lease_id}``; ``POST /v1/leases/{lease_id}/revoke`` (admin);
 * ``GET /v1/providers`` names and kinds of the configured credential providers.
@@ -25,12 +28,14 @@ from remit.core.leases import Lease
 from remit.core.sealing import MAX_VALUE_BYTES
 from remit.core.secrets import Secret
 from remit.http.problems import BODY_ERRORS, documented
-from remit.http.wire import JwksOut, Reason, Request, Response
+from remit.http.wire import EmptyRequest, JwksOut, Reason, Request, Response
 from remit.service import Remit, SecretInfo
 
 LEASE_ROUTE_SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/secrets"): "readonly",
     ("PUT", "/v1/secrets/{name}"): "admin",
+    ("POST", "/v1/secrets/rotate-master"): "admin",
+    ("POST", "/v1/secrets/rewrap"): "admin",
     ("GET", "/v1/leases"): "readonly",
     ("GET", "/v1/leases/{lease_id}"): "readonly",
     ("POST", "/v1/leases/{lease_id}/revoke"): "admin",
@@ -66,6 +71,31 @@ class PutSecretRequest(Request):
 
     def __repr__(self) -> str:
         return "PutSecretRequest(value=Secret('**redacted**'))"
+
+
+class MasterRotationOut(Response):
+    """Master key ids and counts only: never key material."""
+
+    old_kid: str
+    new_kid: str
+    rewrapped: int
+    lease_values: int
+    retired: list[str]
+    still_needed: list[str]
+
+
+class MasterRewrapOut(Response):
+    """Master key ids and counts only: never key material."""
+
+    active_kid: str
+    rewrapped: int
+    lease_values: int
+    still_needed: list[str]
+    missing: list[str]
+    unreadable: int
+    retired: list[str]
+    previous: list[str]
+    complete: bool
 
 
 class LeaseOut(Response):
@@ -128,6 +158,14 @@ def add_lease_routes(router: APIRouter, remit: Remit, route: RouteFactory) -> No
     @route("PUT", "/v1/secrets/{name}", *BODY_ERRORS, response_model=SecretOut)
     def put_secret(name: NameParam, body: Annotated[PutSecretRequest, Body()]) -> SecretOut:
         return secret_out(remit.put_secret(name, Secret(body.value)))
+
+    @route("POST", "/v1/secrets/rotate-master", *BODY_ERRORS, 503, response_model=MasterRotationOut)
+    def rotate_master(body: Annotated[EmptyRequest | None, Body()] = None) -> MasterRotationOut:
+        return MasterRotationOut.model_validate(remit.rotate_master_key().to_data())
+
+    @route("POST", "/v1/secrets/rewrap", *BODY_ERRORS, 503, response_model=MasterRewrapOut)
+    def rewrap_secrets(body: Annotated[EmptyRequest | None, Body()] = None) -> MasterRewrapOut:
+        return MasterRewrapOut.model_validate(remit.rewrap_secrets().to_data())
 
     @route("GET", "/v1/leases", response_model=LeasesOut)
     def list_leases(

@@ -15,6 +15,7 @@ after they are appended. The same thread writes periodic signed checkpoints.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from remit.canonical import EncodedDict, canonical_bytes_unchecked
 from remit.clock import Clock
 from remit.core.audit import (
     GENESIS_HASH,
@@ -31,7 +33,6 @@ from remit.core.audit import (
     Checkpoint,
     SignatureCheck,
     b64url,
-    chain_record,
     checkpoint_payload,
     verify_chain,
 )
@@ -119,16 +120,19 @@ class AuditLog:
     def append(self, kind: str, data: Mapping[str, Any]) -> AuditRecord:
         if self._closed or not self._started:
             raise AuditUnavailable("the audit log is not running", reason="audit_closed")
+        # Serialized once, outside the lock: the hash covers this text and the store
+        # writes the same text (no second serialization on the commit path).
+        encoded = EncodedDict.encode(data)
         with self._lock:
             if self._broken:
                 self._resync()
-            record = chain_record(
+            record = chain_encoded(
                 prev_hash=self._head_hash,
                 seq=self._head_seq + 1,
                 event_id=new_id("evt"),
                 ts=self.clock.now(),
                 kind=kind,
-                data=dict(data),
+                data=encoded,
             )
             self._head_seq, self._head_hash = record.seq, record.hash
             pending = _Pending(record)
@@ -214,13 +218,13 @@ class AuditLog:
             self._resync()
             for p in waiting:
                 old = p.record
-                p.record = chain_record(
+                p.record = chain_encoded(
                     prev_hash=self._head_hash,
                     seq=self._head_seq + 1,
                     event_id=old.event_id,
                     ts=old.ts,
                     kind=old.kind,
-                    data=old.data,
+                    data=_encoded(old.data),
                 )
                 self._head_seq, self._head_hash = p.record.seq, p.record.hash
             self._pending = waiting
@@ -298,6 +302,28 @@ class AuditLog:
             self.check_signature,
             anchor=anchor,
         )
+
+
+def _encoded(data: Mapping[str, Any]) -> EncodedDict:
+    return data if isinstance(data, EncodedDict) else EncodedDict.encode(data)
+
+
+def chain_encoded(
+    *, prev_hash: str, seq: int, event_id: str, ts: float, kind: str, data: EncodedDict
+) -> AuditRecord:
+    """``remit.core.audit.chain_record``, reusing ``data``'s canonical text.
+
+    The canonical body is ``{"data":<data>,"event_id":..,"kind":..,"seq":..,"ts":..}``
+    (keys sorted), so it is spliced from the data's text and the canonical text of the
+    other four fields; the hash is the same bytes ``record_hash`` would compute (tested).
+    """
+    rest = canonical_bytes_unchecked({"event_id": event_id, "kind": kind, "seq": seq, "ts": ts})
+    h = hashlib.sha256(prev_hash.encode("ascii"))
+    h.update(b'\n{"data":')
+    h.update(data.canonical.encode("utf-8"))
+    h.update(b",")
+    h.update(rest[1:])
+    return AuditRecord(seq, event_id, ts, kind, data, prev_hash, h.hexdigest())
 
 
 def _write_anchor(path: Path, checkpoint: Checkpoint) -> None:

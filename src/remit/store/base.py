@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from remit.core.approvals import Approval, ApprovalStatus, Vote
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.identity import Agent, Instance, Principal
+from remit.core.inventory import InventoryImport, InventoryItem
 from remit.core.labels import Labels
 from remit.core.leases import Lease, LeaseState
 from remit.core.sealing import SealedSecret
@@ -209,3 +210,9 @@ class Store(Protocol):
     def active_policy_version(self) -> PolicyVersionRecord | None: ...
     def list_policy_versions(self) -> list[PolicyVersionRecord]: ...
     def get_policy_version(self, version: str) -> PolicyVersionRecord | None: ...
+
+    # --- the imported NHI inventory (one at a time: an import replaces the previous one)
+    def replace_inventory(
+        self, record: InventoryImport, items: Sequence[InventoryItem]
+    ) -> None: ...  # atomic: the old import and its items go, the new ones come
+    def get_inventory(self) -> tuple[InventoryImport, tuple[InventoryItem, ...]] | None: ...

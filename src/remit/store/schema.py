@@ -325,6 +325,38 @@ def _v7(conn: Connection) -> None:
     ix_leases_revoking.create(conn, checkfirst=True)
 
 
+# The imported NHI inventory (issue 7): credentials that exist outside Remit, by id only
+# (never values). An import replaces the previous one whole: at most one row in
+# inventory_imports, and the items of that import.
+inventory_imports = Table(
+    "inventory_imports",
+    metadata,
+    Column("import_id", String(64), primary_key=True),
+    Column("source_sha256", String(64), nullable=False),
+    Column("imported_by", String(256), nullable=False),
+    Column("imported_at", Float, nullable=False),
+    Column("credentials", Integer, nullable=False),
+)
+
+inventory_items = Table(
+    "inventory_items",
+    metadata,
+    Column("import_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),  # the item's order in the import
+    Column("item_id", String(1024), nullable=False),
+    Column("owner", String(1024), nullable=True),
+    Column("systems", Text, nullable=False),  # JSON list
+    Column("created", Float, nullable=False),
+    Column("last_rotated", Float, nullable=True),
+    Column("used_by", Text, nullable=False),  # JSON list
+    Column("remit_secret", String(1024), nullable=True),
+)
+
+
+def _v8(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[inventory_imports, inventory_items])
+
+
 # Forward-only: append new steps, never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
@@ -334,4 +366,5 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _v5),
     (6, _v6),
     (7, _v7),
+    (8, _v8),
 ]

@@ -27,11 +27,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from remit.canonical import canonical_bytes_unchecked
+from remit.canonical import EncodedDict, canonical_bytes_unchecked
 from remit.core.approvals import Approval, ApprovalStatus, Vote
 from remit.core.audit import AuditRecord, Checkpoint
 from remit.core.destinations import Destination, normalize_destination
 from remit.core.identity import Agent, AgentStatus, Instance, Mode, Principal, ceiling_from_data
+from remit.core.inventory import InventoryImport, InventoryItem
 from remit.core.labels import FLAGS, Labels, Sensitivity
 from remit.core.leases import INJECT_HEADER, STATIC_KIND, Lease, LeaseState
 from remit.core.mandate import Mandate
@@ -47,6 +48,7 @@ from remit.store.base import (
     StoredSecret,
     ToolPin,
 )
+from remit.store.direct import SqliteDirect, direct_path
 
 MAX_TREE = 10_000
 
@@ -101,6 +103,10 @@ class SqlStore:
         )
         self._task_columns = tuple(c.key for c in t.tasks.c)
         self._mandates: dict[str, Mandate] = {}
+        # On a SQLite file those statements run on one connection per thread: no pool
+        # checkout per statement (see remit.store.direct).
+        path = direct_path(self.engine.url) if self.dialect == "sqlite" else None
+        self._direct = SqliteDirect(path, synchronous=synchronous) if path else None
 
     def _compile(self, stmt: Any) -> _Compiled:
         compiled = stmt.compile(dialect=self.engine.dialect)
@@ -119,6 +125,10 @@ class SqlStore:
     @contextmanager
     def _raw(self) -> Iterator[Any]:
         """A pooled DB-API cursor in one transaction; errors map like ``_tx``."""
+        if self._direct is not None:
+            with self._direct.cursor() as cursor:
+                yield cursor
+            return
         integrity = self.engine.dialect.loaded_dbapi.IntegrityError
         try:
             conn = self.engine.raw_connection()
@@ -172,6 +182,8 @@ class SqlStore:
             )
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ agents
@@ -562,7 +574,10 @@ class SqlStore:
                 "b_event_id": r.event_id,
                 "b_ts": r.ts,
                 "b_kind": r.kind,
-                "b_data": _dumps(dict(r.data)),
+                # The audit log's records carry their canonical text (EncodedDict).
+                "b_data": r.data.canonical
+                if isinstance(r.data, EncodedDict)
+                else _dumps(dict(r.data)),
                 "b_prev_hash": r.prev_hash,
                 "b_hash": r.hash,
             }
@@ -1244,6 +1259,68 @@ class SqlStore:
         return PolicyVersionRecord(
             row.version, json.loads(row.sources), row.loaded_at, bool(row.active)
         )
+
+    # ------------------------------------------------------------------ NHI inventory
+    def replace_inventory(self, record: InventoryImport, items: Sequence[InventoryItem]) -> None:
+        """Replace the stored inventory with ``items`` in one transaction."""
+        rows = [
+            {
+                "import_id": record.import_id,
+                "position": position,
+                "item_id": item.id,
+                "owner": item.owner,
+                "systems": json.dumps(list(item.systems)),
+                "created": item.created,
+                "last_rotated": item.last_rotated,
+                "used_by": json.dumps(list(item.used_by)),
+                "remit_secret": item.remit_secret,
+            }
+            for position, item in enumerate(items)
+        ]
+        with self._tx() as conn:
+            conn.execute(delete(t.inventory_items))
+            conn.execute(delete(t.inventory_imports))
+            conn.execute(
+                insert(t.inventory_imports).values(
+                    import_id=record.import_id,
+                    source_sha256=record.source_sha256,
+                    imported_by=record.imported_by,
+                    imported_at=record.imported_at,
+                    credentials=record.credentials,
+                )
+            )
+            for start in range(0, len(rows), 1000):
+                conn.execute(insert(t.inventory_items), rows[start : start + 1000])
+
+    def get_inventory(self) -> tuple[InventoryImport, tuple[InventoryItem, ...]] | None:
+        c = t.inventory_items.c
+        with self._tx() as conn:
+            head = conn.execute(select(t.inventory_imports)).first()
+            if head is None:
+                return None
+            rows = conn.execute(
+                select(t.inventory_items).where(c.import_id == head.import_id).order_by(c.position)
+            ).all()
+        record = InventoryImport(
+            head.import_id,
+            head.source_sha256,
+            head.imported_by,
+            head.imported_at,
+            head.credentials,
+        )
+        items = tuple(
+            InventoryItem(
+                id=r.item_id,
+                owner=r.owner,
+                systems=tuple(json.loads(r.systems)),
+                created=r.created,
+                last_rotated=r.last_rotated,
+                used_by=tuple(json.loads(r.used_by)),
+                remit_secret=r.remit_secret,
+            )
+            for r in rows
+        )
+        return record, items
 
 
 _FLAG_BITS = {flag: 1 << i for i, flag in enumerate(sorted(FLAGS))}
