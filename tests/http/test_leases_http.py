@@ -281,3 +281,49 @@ def test_canary_sweep(env: Env, caplog: pytest.LogCaptureFixture) -> None:
         if path.exists():
             blob += path.read_bytes()
     assert blob and CANARY.encode() not in blob
+
+
+def test_catalog_with_credentials_round_trips_over_http(env: Env) -> None:
+    """An operator loads credentialed tools over HTTP; the catalog shows names, never values."""
+    import yaml
+
+    manifest = yaml.safe_load(CATALOG + TOOLS)
+    manifest["tools"].append(
+        {
+            "name": "ledger/read",
+            "privilege": "read",
+            "labels": ["internal"],
+            "credential": {"provider": "ledger", "env": {"LEDGER_TOKEN": "{token}"}},
+        }
+    )
+    put = env.client.put("/v1/catalog", json=manifest, headers=env.admin)
+    assert put.status_code == 200, put.text
+    tools = {t["name"]: t for t in env.client.get("/v1/catalog", headers=env.admin).json()["tools"]}
+    assert tools["billing/charge"]["credential"] == {
+        "per_call": False,
+        "secret": "billing.key",
+        "header": "Authorization",
+        "format": "Bearer {value}",
+    }
+    assert tools["ledger/read"]["credential"] == {
+        "per_call": False,
+        "provider": "ledger",
+        "env": {"LEDGER_TOKEN": "{token}"},
+    }
+    assert tools["docs/read"]["credential"] is None
+    # The core validates the credential whole: an unknown provider or a forbidden header
+    # is refused, and the catalog in force is unchanged.
+    for bad in (
+        {"provider": "nowhere", "header": "Authorization"},
+        {"secret": "billing.key", "header": "Host"},
+        {"secret": "billing.key", "header": "X-Key", "surprise": 1},
+    ):
+        broken = yaml.safe_load(CATALOG)
+        broken["tools"].append(
+            {"name": "x/read", "privilege": "read", "labels": ["internal"], "credential": bad}
+        )
+        refused = env.client.put("/v1/catalog", json=broken, headers=env.admin)
+        assert refused.status_code == 400, (bad, refused.text)
+        assert refused.json()["code"] == "invalid_request"
+    after = env.client.get("/v1/catalog", headers=env.admin).json()["tools"]
+    assert "ledger/read" in {t["name"] for t in after}

@@ -318,6 +318,20 @@ class TaskOut(Response):
     mandate_digest: str
 
 
+class CredentialManifest(Request):
+    """A tool's credential: names only (a sealed secret or a configured provider), never a
+    value; validated whole by the core (``remit.core.leases``)."""
+
+    secret: Short | None = None
+    provider: Short | None = None
+    header: Short | None = None
+    format: Short | None = None
+    value: Short | None = None
+    env: Annotated[dict[Short, Short], Field(max_length=32)] | None = None
+    per_call: bool | None = None
+    ttl_seconds: Int | float | None = None
+
+
 class ToolManifest(Request):
     """One tool of a catalog manifest: the JSON form of the YAML catalog entry."""
 
@@ -328,6 +342,7 @@ class ToolManifest(Request):
     risk: Annotated[list[Short], Field(max_length=32)] = []
     description: Annotated[str, StringConstraints(max_length=1000)] = ""
     mode: ModeName = "enforce"
+    credential: CredentialManifest | None = None
 
 
 class CatalogManifest(Request):
@@ -343,6 +358,7 @@ class ToolOut(Response):
     risk: list[str]
     mode: ModeName
     description: str
+    credential: Json | None = None  # names and where it is injected; never a value
 
 
 class CatalogOut(Response):
@@ -617,7 +633,28 @@ def tool_out(spec: ToolSpec) -> ToolOut:
         risk=sorted(spec.risk),
         mode="shadow" if spec.shadow else "enforce",
         description=spec.description,
+        credential=_credential_out(spec),
     )
+
+
+def _credential_out(spec: ToolSpec) -> Json | None:
+    credential = spec.credential
+    if credential is None:
+        return None
+    out: Json = {"per_call": credential.per_call}
+    if credential.secret is not None:
+        out["secret"] = credential.secret
+    if credential.provider is not None:
+        out["provider"] = credential.provider
+    if credential.header is not None:
+        out.update(header=credential.header, format=credential.format)
+        if credential.provider is not None:
+            out["value"] = credential.value
+    if credential.env:
+        out["env"] = dict(credential.env)
+    if credential.ttl_seconds is not None:
+        out["ttl_seconds"] = credential.ttl_seconds
+    return out
 
 
 def catalog_out(tools: Mapping[str, ToolSpec]) -> CatalogOut:
