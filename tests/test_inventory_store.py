@@ -20,10 +20,12 @@ from remit.reports import compliance, stored_inventory_report
 from remit.runtime import build_remit, catalog_from_yaml
 from remit.service import Remit
 
+from . import test_reports
 from .conftest import PRINCIPAL, make_settings
 from .test_reports import CATALOG, CEILINGS
 
 runner = CliRunner()
+data_dir = test_reports.data_dir  # the fixture: a data directory as the CLI finds it
 SUPPORT = "spiffe://acme.example/agent/support-assistant"
 ORPHAN = "spiffe://acme.example/agent/orphan-bot"
 
@@ -152,23 +154,6 @@ def test_bad_imports_are_refused_and_nothing_is_stored(
 
 
 # ----------------------------------------------------------------------------- the CLI
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(CATALOG, encoding="utf-8")
-    env = {"REMIT_CATALOG_PATH": str(catalog), "REMIT_TRUST_DOMAIN": "acme.example"}
-    settings = make_settings(tmp_path, catalog_path=catalog)
-    service = build_remit(settings)
-    service.register_principal(PRINCIPAL, identifiers=["email:sam@acme.example"])
-    service.register_agent(
-        "support-assistant", owner="sam@acme.example", ceiling=CEILINGS["support-assistant"]
-    )
-    service.register_agent("orphan-bot", owner="ghost-team", ceiling=CEILINGS["orphan-bot"])
-    service.put_secret("fresh.key", Secret("value"))
-    service.close()
-    yield settings.data_dir, env
 
 
 def test_cli_import_report_reimport(data_dir: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

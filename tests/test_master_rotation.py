@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from remit.agent import AgentSession
@@ -81,7 +80,7 @@ def _fresh_reads(settings: Settings, expected: dict[str, str]) -> None:
             assert fresh.reveal_secret(name).reveal() == value, name
         for lease_id, held in fresh.store.list_lease_values():
             assert fresh.masters.durable(held.master_kid), lease_id
-            fresh._unseal(held)  # noqa: SLF001 - every open lease's values still open
+            fresh._unseal(held)
     finally:
         fresh.close()
 
@@ -209,9 +208,7 @@ def test_two_processes_racing_put_and_rotate_lose_nothing(tmp_path: Path) -> Non
     expected.update(seed="seed", hot=f"hot-{count - 1}")
     _fresh_reads(settings, expected)
     # Only the active key is left on disk once nothing needs the others.
-    assert sorted(p.name for p in settings.master_key_path.parent.glob("master*")) == [
-        "master.key"
-    ]
+    assert sorted(p.name for p in settings.master_key_path.parent.glob("master*")) == ["master.key"]
 
 
 # ---------------------------------------------------------------------- environment keys
@@ -226,9 +223,7 @@ def _setup_lease(remit: Remit) -> tuple[Obligation, Obligation]:
     remit.register_principal(PRINCIPAL, identifiers=["email:sam@acme.example"])
     ceiling = dict(CEILING, tools=[*CEILING["tools"], "billing/charge", "billing/once"])
     agent = remit.register_agent("billing-bot", owner="sam@acme.example", ceiling=ceiling)
-    session = AgentSession.attest(
-        remit, remit.create_join_token(agent.agent_id), clock=remit.clock
-    )
+    session = AgentSession.attest(remit, remit.create_join_token(agent.agent_id), clock=remit.clock)
     task = open_task(session, tools=["billing/charge", "billing/once", "docs/read"])
     shared = task.authorize("billing/charge", {"amount": 1})
     once = task.authorize("billing/once", {"amount": 2})
@@ -465,9 +460,7 @@ def test_rotation_over_http_while_a_replica_keeps_serving_credentials(tmp_path: 
         assert report["active_kid"] == kids[-1] and report["complete"]
         assert CANARY not in json.dumps(rotations) + json.dumps(report)
         # The shared lease issued before every rotation still opens in the replica.
-        assert replica.credential_for(shared).headers["Authorization"] == Secret(
-            f"Bearer {CANARY}"
-        )
+        assert replica.credential_for(shared).headers["Authorization"] == Secret(f"Bearer {CANARY}")
     finally:
         stop.set()
         replica.close()

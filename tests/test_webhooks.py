@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -16,11 +16,11 @@ from remit.webhooks import FailureEvent, WebhookSender
 
 
 class _Hook(BaseHTTPRequestHandler):
-    bodies: list[Any] = []
+    bodies: ClassVar[list[Any]] = []
     status = 204
     got = threading.Event()
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         type(self).bodies.append(
             (self.headers["Content-Type"], json.loads(self.rfile.read(length)))
@@ -189,3 +189,31 @@ def test_bad_urls_are_refused_naming_the_setting(url: str) -> None:
         WebhookSender(url, setting="REMIT_ALERT_WEBHOOK", on_failure=Failures())
     assert caught.value.reason == "bad_setting"
     assert "REMIT_ALERT_WEBHOOK" in str(caught.value)
+
+
+def test_audited_webhook_names_its_records() -> None:
+    from remit.webhooks import AuditedWebhook
+
+    class Log:
+        def __init__(self) -> None:
+            self.records: list[tuple[str, dict[str, Any]]] = []
+
+        def append(self, kind: str, data: Any, /) -> object:
+            self.records.append((kind, dict(data)))
+            return None
+
+    def fail(url: str, body: bytes, timeout: float) -> None:
+        raise ConnectionRefusedError
+
+    log = Log()
+    hook = AuditedWebhook(
+        "http://hook.invalid/", log, prefix="alert", field="alert", setting="X", post=fail
+    )
+    hook.sender.send("evt1", {"a": 1})
+    hook.join(5)
+    hook.close()
+    hook.sender.send("evt2", {"a": 2})
+    assert log.records == [
+        ("alert.webhook_failed", {"alert": "evt1", "error": "ConnectionRefusedError"}),
+        ("alert.webhook_dropped", {"alert": "evt2", "error": "closed"}),
+    ]

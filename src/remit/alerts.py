@@ -28,7 +28,7 @@ from remit.errors import InvalidRequest, RemitError
 from remit.store.audit_log import AuditLog
 from remit.store.base import AuditQuery
 from remit.store.sql import SqlStore
-from remit.webhooks import FailureEvent, Post, WebhookSender
+from remit.webhooks import AuditedWebhook, Post
 
 WEBHOOK_TIMEOUT = 5.0
 WEBHOOK_QUEUE = 256
@@ -56,9 +56,9 @@ def monitor_config(settings: Settings) -> MonitorConfig:
     )
 
 
-class AlertWebhook:
-    """POSTs each alert's JSON to one URL through ``remit.webhooks.WebhookSender``
-    (one background worker, bounded queue); failures and drops are audited."""
+class AlertWebhook(AuditedWebhook):
+    """POSTs each alert's JSON to one URL through ``remit.webhooks`` (one background
+    worker, bounded queue); failures and drops are audited (``alert.webhook_*``)."""
 
     def __init__(
         self,
@@ -69,30 +69,19 @@ class AlertWebhook:
         post: Post | None = None,
         capacity: int = WEBHOOK_QUEUE,
     ) -> None:
-        self.url = url
-        self.audit = audit
-        self.sender = WebhookSender(
+        super().__init__(
             url,
+            audit,
+            prefix="alert",
+            field="alert",
             setting="REMIT_ALERT_WEBHOOK",
-            on_failure=self._record,
             timeout=timeout,
             capacity=capacity,
             post=post,
-            name="remit-alert-webhook",
         )
 
     def notify(self, alert: Alert, event_id: str) -> None:
         self.sender.send(event_id, webhook_payload(alert, event_id))
-
-    def _record(self, event: FailureEvent, event_id: str, error: str) -> None:
-        self.audit.append(f"alert.webhook_{event}", {"alert": event_id, "error": error})
-
-    def join(self, timeout: float = 10.0) -> None:
-        """Wait until the queued notifications are sent or failed (tests, shutdown)."""
-        self.sender.join(timeout)
-
-    def close(self, timeout: float = 6.0) -> None:
-        self.sender.close(timeout)
 
 
 def webhook_payload(alert: Alert, event_id: str) -> dict[str, Any]:

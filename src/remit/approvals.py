@@ -25,16 +25,16 @@ from remit.core.tasks import Task
 from remit.ids import new_id
 from remit.store.audit_log import AuditLog
 from remit.store.sql import SqlStore
-from remit.webhooks import FailureEvent, Post, WebhookSender
+from remit.webhooks import AuditedWebhook, Post
 
 APPROVED_REASON = "human-approval"
 WEBHOOK_TIMEOUT = 5.0
 MAX_APPROVAL_ID = 128
 
 
-class WebhookNotifier:
-    """POSTs a JSON summary of each new request to one URL, through the shared
-    ``remit.webhooks.WebhookSender`` (one background worker, bounded queue).
+class WebhookNotifier(AuditedWebhook):
+    """POSTs a JSON summary of each new request to one URL, through ``remit.webhooks``
+    (one background worker, bounded queue).
 
     The summary never carries the arguments (only their digest). Failures are
     audited (``approval.webhook_failed``, ``approval.webhook_dropped``) and never
@@ -49,29 +49,18 @@ class WebhookNotifier:
         timeout: float = WEBHOOK_TIMEOUT,
         post: Post | None = None,
     ) -> None:
-        self.url = url
-        self.audit = audit
-        self.sender = WebhookSender(
+        super().__init__(
             url,
+            audit,
+            prefix="approval",
+            field="approval",
             setting="REMIT_APPROVAL_WEBHOOK",
-            on_failure=self._record,
             timeout=timeout,
             post=post,
-            name="remit-approval-webhook",
         )
 
     def notify(self, approval: Approval) -> None:
         self.sender.send(approval.approval_id, webhook_payload(approval))
-
-    def _record(self, event: FailureEvent, approval_id: str, error: str) -> None:
-        self.audit.append(f"approval.webhook_{event}", {"approval": approval_id, "error": error})
-
-    def join(self, timeout: float = 10.0) -> None:
-        """Wait for notifications in flight (tests, shutdown)."""
-        self.sender.join(timeout)
-
-    def close(self, timeout: float = 6.0) -> None:
-        self.sender.close(timeout)
 
 
 def webhook_payload(approval: Approval) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 from remit.errors import InvalidRequest
@@ -35,6 +35,7 @@ from remit.errors import InvalidRequest
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_TIMEOUT",
+    "AuditedWebhook",
     "FailureEvent",
     "OnFailure",
     "Post",
@@ -187,3 +188,49 @@ class WebhookSender:
         for key in left:
             self._report("dropped", key, "closed")
         worker.join(timeout=1.0)
+
+
+class AuditLike(Protocol):
+    def append(self, kind: str, data: Mapping[str, Any], /) -> object: ...
+
+
+class AuditedWebhook:
+    """A ``WebhookSender`` whose failures and drops are audited as
+    ``<prefix>.webhook_failed`` / ``<prefix>.webhook_dropped`` with
+    ``{<field>: key, "error": <type name or queue_full/closed>}``."""
+
+    def __init__(
+        self,
+        url: str,
+        audit: AuditLike,
+        *,
+        prefix: str,
+        field: str,
+        setting: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        capacity: int = DEFAULT_CAPACITY,
+        post: Post | None = None,
+    ) -> None:
+        self.url = url
+        self.audit = audit
+        self._prefix = prefix
+        self._field = field
+        self.sender = WebhookSender(
+            url,
+            setting=setting,
+            on_failure=self._record,
+            timeout=timeout,
+            capacity=capacity,
+            post=post,
+            name=f"remit-{prefix}-webhook",
+        )
+
+    def _record(self, event: FailureEvent, key: str, error: str) -> None:
+        self.audit.append(f"{self._prefix}.webhook_{event}", {self._field: key, "error": error})
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait until the queued notifications are sent or failed (tests, shutdown)."""
+        self.sender.join(timeout)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        self.sender.close(timeout)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from remit.core.analysis import effective_permissions
 from remit.core.blast_radius import (
-    MAX_LISTED_CHAINS,
     FINDING_KINDS,
+    MAX_LISTED_CHAINS,
     SCHEMA_ID,
     SHADOW_REASON,
     BlastRadius,

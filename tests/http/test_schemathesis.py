@@ -49,6 +49,7 @@ SEMANTIC_BODIES = {
     "POST /v1/catalog/pins": "only a tool in the catalog can be admitted",
     "POST /v1/catalog/pins/check": "a free-form definition: integers beyond 2**53 are refused",
     "POST /oauth/token": "the narrowing is a free-form mandate: integers beyond 2**53 are refused",
+    "PUT /v1/inventory": "rows are checked by the inventory parser: ISO dates, unique ids",
     # Bodies are I-JSON: an integer beyond +-2**53 is refused wherever it is (other parsers
     # would round it, and digests would differ). JSON Schema cannot bound the integers
     # nested in free-form arguments.

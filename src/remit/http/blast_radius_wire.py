@@ -57,8 +57,8 @@ class BlastFindingOut(Response):
     tools: list[str]
     destination_classes: list[str]
     taints: list[str]
-    chains: list[str] = []  # act-reach / write-reach: the chains, at most 20
-    chain_count: int = 0
+    chains: list[str]  # act-reach / write-reach: the chains, at most 20
+    chain_count: int
 
 
 class BlastSummaryOut(Response):
