@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -427,6 +428,13 @@ def test_rotation_over_http_while_a_replica_keeps_serving_credentials(tmp_path: 
             with RemitClient(url, admin_token=reader) as weak, pytest.raises(RemitError) as no:
                 weak.rotate_master_key()
             assert no.value.code == "forbidden"
+            # The action paths are not secret names: a PUT there stores nothing.
+            put = httpx.put(
+                f"{url}/v1/secrets/rewrap",
+                json={"value": CANARY},
+                headers={"Authorization": f"Bearer {admin.reveal()}"},
+            )
+            assert put.status_code == 405 and put.headers["Allow"] == "POST"
             worker = threading.Thread(target=keep_calling, daemon=True)
             worker.start()
             rotations = []

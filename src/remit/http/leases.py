@@ -18,10 +18,12 @@ signed-token provider's tokens with (like ``/.well-known/jwks.json``, no authent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Path, Query
+from fastapi.routing import APIRoute
 from pydantic import StringConstraints
 
 from remit.core.leases import Lease
@@ -148,6 +150,18 @@ def lease_out(lease: Lease) -> LeaseOut:
 RouteFactory = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
 
 
+# ``/v1/secrets/rotate-master`` and ``/v1/secrets/rewrap`` are actions, not secret names: the
+# ``PUT /v1/secrets/{name}`` route does not match them (a PUT there is 405, Allow: POST).
+_SECRET_ACTIONS: Final = ("rotate-master", "rewrap")
+
+
+def _reserve_action_names(router: APIRouter) -> None:
+    actions = "|".join(re.escape(a) for a in _SECRET_ACTIONS)
+    for entry in router.routes:
+        if isinstance(entry, APIRoute) and entry.path == "/v1/secrets/{name}":
+            entry.path_regex = re.compile(rf"^/v1/secrets/(?!(?:{actions})$)(?P<name>[^/]+)$")
+
+
 def add_lease_routes(router: APIRouter, remit: Remit, route: RouteFactory) -> None:
     """Add the routes above; ``route`` is the operator route factory (auth and scopes)."""
 
@@ -166,6 +180,8 @@ def add_lease_routes(router: APIRouter, remit: Remit, route: RouteFactory) -> No
     @route("POST", "/v1/secrets/rewrap", *BODY_ERRORS, 503, response_model=MasterRewrapOut)
     def rewrap_secrets(body: Annotated[EmptyRequest | None, Body()] = None) -> MasterRewrapOut:
         return MasterRewrapOut.model_validate(remit.rewrap_secrets().to_data())
+
+    _reserve_action_names(router)
 
     @route("GET", "/v1/leases", response_model=LeasesOut)
     def list_leases(
