@@ -45,6 +45,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "audit_unavailable": 503,
     "store_unavailable": 503,
     "provider_unavailable": 503,
+    "sealed": 503,
     "internal_error": 500,
 }
 # Where the transport, not the code, sets the status: an ``invalid_request`` about the
@@ -70,6 +71,7 @@ TITLES: Final[Mapping[str, str]] = {
     "audit_unavailable": "Audit log unavailable",
     "store_unavailable": "Store unavailable",
     "provider_unavailable": "Credential provider unavailable",
+    "sealed": "Sealed: a secret could not be opened with the master keys held",
     "internal_error": "Internal error",
 }
 # The code for an HTTP status raised by the framework itself (e.g. Starlette's 404/405).
@@ -144,7 +146,7 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     413: "invalid_request: the body is larger than 256 KiB",
     415: "invalid_request: the body is not application/json",
     422: "policy_invalid: the policy set was refused whole",
-    503: "audit_unavailable or store_unavailable (retry after Retry-After)",
+    503: "audit_unavailable, store_unavailable, provider_unavailable or sealed (retry after Retry-After)",
 }
 BODY_ERRORS: Final = (400, 413, 415)
 
