@@ -1363,6 +1363,14 @@ class Remit:
                     "configured",
                     reason="bad_catalog",
                 )
+            provider = registry.get(credential.provider) if credential.provider else None
+            if credential.per_call and provider is not None and provider.kind == "postgres":
+                # A per-call lease is revoked when it is handed out: a database role would
+                # be dropped before the call could log in with it.
+                raise InvalidRequest(
+                    f"tool {spec.name}: a postgres credential cannot be per_call",
+                    reason="bad_catalog",
+                )
             if (
                 credential.ttl_seconds is not None
                 and credential.ttl_seconds > self.settings.lease_ttl_seconds

@@ -253,3 +253,22 @@ def _closed() -> int:
 def audit_text(remit: Remit) -> str:
     remit.audit.flush()
     return "\n".join(r.kind + json.dumps(r.data) for r in remit.audit.records())
+
+
+def test_a_per_call_postgres_credential_is_refused_at_load(
+    db_remit: tuple[Remit, ManualClock],
+) -> None:
+    """A per-call lease is revoked when it is handed out: a role would be dropped before
+    the call could log in, so the catalog refuses the combination (and keeps the old one)."""
+    remit, _ = db_remit
+    per_call = DB_CATALOG.replace(
+        'credential: {provider: orders-db, env: {DATABASE_URL: "{dsn}"}}',
+        'credential: {provider: orders-db, per_call: true, env: {DATABASE_URL: "{dsn}"}}',
+        1,
+    )
+    import yaml
+
+    with pytest.raises(InvalidRequest) as caught:
+        remit.load_catalog(yaml.safe_load(per_call))
+    assert caught.value.reason == "bad_catalog" and "per_call" in str(caught.value)
+    assert remit.catalog.get("db/query") is not None
