@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -207,7 +207,8 @@ def _local(data_dir: Path | None, output: Output) -> Iterator[Remit]:
     from remit.runtime import build_remit
 
     with _handled(output):
-        remit = build_remit(_settings(data_dir))
+        # Offline commands decide no calls: skip teaching the anomaly monitor from the log.
+        remit = build_remit(replace(_settings(data_dir), anomaly_history_days=0))
         try:
             yield remit
         finally:
