@@ -528,3 +528,45 @@ def test_issued_leases_never_outlive_their_task(
 def _no_leftover_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("REMIT_CONFIG", raising=False)
     yield
+
+
+# ---------------------------------------------------------------------- security review
+
+
+def test_a_seal_failure_after_issue_revokes_the_downstream_credential(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider minted a live credential, then sealing its values failed (master key
+    unavailable): no lease row exists to revoke it later, so it is revoked at once."""
+    from remit.errors import SealError
+
+    def broken(lease_id: str, values: Any) -> Any:
+        raise SealError("the master key is not available", reason="master_key_missing")
+
+    monkeypatch.setattr(premit.pipeline.leases, "seal_values", broken)
+    task = _task(psession)
+    with pytest.raises(ProviderUnavailable):
+        task.authorize("flaky/op", {})
+    assert flaky.count == 1  # it was issued ...
+    assert flaky.live == set()  # ... and taken back
+    assert premit.list_leases() == []
+
+
+def test_a_lease_issued_while_its_task_ends_does_not_survive_the_task(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider
+) -> None:
+    """An operator revokes the task while step 7 is minting the credential (after the task
+    was loaded as open, before the lease row is written): the task end's lease sweep cannot
+    see that lease yet, so issuance itself must notice and revoke it."""
+    task = _task(psession)
+    real_issue = flaky.issue
+
+    def racing_issue(request: IssueRequest) -> IssuedCredential:
+        premit.revoke_task(request.task_id, reason="incident")
+        return real_issue(request)
+
+    flaky.issue = racing_issue  # type: ignore[method-assign]
+    with pytest.raises(TokenRevoked):
+        task.authorize("flaky/op", {})
+    assert premit.list_leases(task_id=task.task_id, state="open") == []
+    assert flaky.live == set()

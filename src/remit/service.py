@@ -440,13 +440,17 @@ class StoreLeaseResolver:
             "kind": kind,
             "tool": spec.name,
         }
+        issued_handle: object = None
         try:
             issued = provider.issue(request)
-            handle = issued.handle
+            handle = issued_handle = issued.handle
             if not isinstance(handle, str) or not handle or len(handle) > 256:
                 raise ProviderUnavailable("the provider returned a bad handle", reason="bad_handle")
             sealed = self.seal_values(lease.lease_id, issued.values)
         except Exception as exc:
+            if isinstance(issued_handle, str) and issued_handle:
+                # Minted downstream but no lease row will hold it: take it back now.
+                _undo_issue(provider, issued_handle, lease.lease_id)
             failure = _provider_failure(exc, "issue_failed")
             self.audit.append(
                 "lease.issue_failed", {**audit_base, "error": failure.code, "why": failure.reason}
@@ -456,15 +460,18 @@ class StoreLeaseResolver:
         try:
             self.store.insert_lease(lease, sealed)
         except Exception:
-            try:  # nothing may be left downstream that no lease row can revoke
-                provider.revoke(handle)
-            except Exception:
-                _log.warning("lease %s: could not undo an unrecorded issue", lease.lease_id)
+            # nothing may be left downstream that no lease row can revoke
+            _undo_issue(provider, handle, lease.lease_id)
             raise
         step = LeaseStep(
             (Obligation(lease.obligation_kind, lease.lease_id),), issued=(lease.lease_id,)
         )
         try:
+            # The task may have ended since step 2: its lease sweep ran before this row was
+            # written and did not see it, so the lease must not outlive the task.
+            live = self.store.get_task(task.task_id)
+            if live is None or live.effective_status(self.clock.now()) is not TaskStatus.OPEN:
+                raise TokenRevoked("the task has ended", reason="task_ended")
             if self.settle_values is not None:
                 self.settle_values(lease.lease_id)
             self.audit.append(
@@ -520,6 +527,14 @@ def _issue_context(
         "kind": kind,
         "per_call": per_call,
     }
+
+
+def _undo_issue(provider: CredentialProvider, handle: str, lease_id: str) -> None:
+    """Revoke a credential minted for a lease that was never recorded; never raises."""
+    try:
+        provider.revoke(handle)
+    except Exception:
+        _log.warning("lease %s: could not undo an unrecorded issue", lease_id)
 
 
 def _provider_failure(exc: BaseException, default_reason: str) -> ProviderUnavailable:
@@ -1610,11 +1625,15 @@ class Remit:
                     lease.lease_id,
                     lease.expires_at,
                     headers={credential.header: credential.render_header(values)},
+                    issued=tuple(values.values()),
                 )
                 where: dict[str, Any] = {"header": credential.header}
             else:
                 injection = Injection(
-                    lease.lease_id, lease.expires_at, env=credential.render_env(values)
+                    lease.lease_id,
+                    lease.expires_at,
+                    env=credential.render_env(values),
+                    issued=tuple(values.values()),
                 )
                 where = {"env": sorted(injection.env)}
             if not self.store.mark_lease_used(lease.lease_id, now):

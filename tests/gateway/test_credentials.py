@@ -593,3 +593,27 @@ def test_gateway_lease_settings_are_validated() -> None:
     ):
         with pytest.raises(Exception, match="gateway"):
             gateway_config_from_data({**base, "gateway": bad}, {})
+
+
+def test_an_issued_value_is_redacted_on_its_own_not_only_as_rendered(cworld: World) -> None:
+    """A template renders the issued value into a larger string (``apikey={value}``, a DSN
+    around a password): an upstream that echoes only the issued value (an error quoting
+    the password, a parsed config dump) must still have it redacted."""
+    import yaml
+
+    catalog = _catalog().replace(
+        'env: {UPSTREAM_API_KEY: "{value}"}', 'env: {UPSTREAM_API_KEY: "apikey={value};v=1"}'
+    )
+    assert "apikey={value}" in catalog
+    cworld.remit.load_catalog(yaml.safe_load(catalog))
+    redactor = Redactor([])
+    view = LocalRemitView(cworld.remit)
+    config = cworld.config().upstream("desk")
+    assert config is not None
+    task = open_task(cworld)
+    (obligation,) = task.authorize("desk/whoami_env", {}).obligations
+    (injection,) = fetch_injections(view, config, [obligation], redactor)
+    assert injection.env["UPSTREAM_API_KEY"].reveal() == f"apikey={ENV_CANARY};v=1"
+    assert redactor.text(f"apikey={ENV_CANARY};v=1") == REDACTED
+    assert redactor.text(f"bad key {ENV_CANARY}!") == f"bad key {REDACTED}!"
+    assert ENV_CANARY not in repr(injection)

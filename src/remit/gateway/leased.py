@@ -72,7 +72,7 @@ from remit.gateway.config import (
     env_name_ok,
     header_name_ok,
 )
-from remit.gateway.redact import Redactor
+from remit.gateway.redact import MIN_PART_LENGTH, Redactor
 from remit.gateway.upstream import Upstream, UpstreamUnavailable
 from remit.providers.base import Injection
 
@@ -148,8 +148,14 @@ def fetch_injections(
         if not isinstance(injection, Injection) or injection.lease_id != obligation.ref:
             raise _refuse("Remit returned no usable credential", "bad_injection")
         values = injection.env if wanted == INJECT_ENV else injection.headers
-        # First into the redaction set, whatever happens next.
+        # First into the redaction set, whatever happens next: the rendered values, and the
+        # issued values they were made from (long enough not to redact common words).
         redactor.add(v for v in values.values() if isinstance(v, Secret))
+        redactor.add(
+            v
+            for v in injection.issued
+            if isinstance(v, Secret) and len(v.reveal()) >= MIN_PART_LENGTH
+        )
         _check_values(values, wanted)
         injections.append(injection)
     return tuple(injections)

@@ -84,3 +84,6 @@ class Injection:
     expires_at: float
     headers: Mapping[str, Secret] = field(default_factory=dict, hash=False)
     env: Mapping[str, Secret] = field(default_factory=dict, hash=False)
+    # The issued values the headers or env were rendered from: a gateway redacts each on
+    # its own too (an upstream may echo a DSN's password, not the whole DSN).
+    issued: tuple[Secret, ...] = field(default=(), hash=False)
