@@ -146,7 +146,10 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     413: "invalid_request: the body is larger than 256 KiB",
     415: "invalid_request: the body is not application/json",
     422: "policy_invalid: the policy set was refused whole",
-    503: "audit_unavailable, store_unavailable, provider_unavailable or sealed (retry after Retry-After)",
+    503: (
+        "audit_unavailable, store_unavailable, provider_unavailable or sealed"
+        " (retry after Retry-After)"
+    ),
 }
 BODY_ERRORS: Final = (400, 413, 415)
 
