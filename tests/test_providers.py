@@ -570,3 +570,37 @@ def test_a_lease_issued_while_its_task_ends_does_not_survive_the_task(
         task.authorize("flaky/op", {})
     assert premit.list_leases(task_id=task.task_id, state="open") == []
     assert flaky.live == set()
+
+
+def test_an_agent_kill_switch_revokes_its_leases_however_many_others_are_open(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider
+) -> None:
+    """The emergency stop listed at most 10,000 open leases (oldest first) and filtered
+    them by agent: with more open leases than that, the stopped agent's newer leases stayed
+    live downstream."""
+    from sqlalchemy import insert
+
+    from remit.store import schema
+    from remit.store.sql import _lease_row
+
+    rows = [
+        _lease_row(
+            new_lease(
+                f"lse_other{i:06d}",
+                task_id="tsk_someoneelsestask0001",
+                secret_name="billing.key",
+                tool="billing/charge",
+                now=1.0,
+                task_expires_at=1e12,
+                ttl=MAX_LEASE_TTL,
+            )
+        )
+        for i in range(10_000)
+    ]
+    with premit.store._tx() as conn:
+        conn.execute(insert(schema.leases), rows)
+    task = _task(psession)
+    obligation = _one(task.authorize("flaky/op", {}))
+    premit.set_kill_switch(True, agent_id=task.agent.agent_id)
+    assert premit.get_lease(obligation.ref).state is LeaseState.REVOKED
+    assert flaky.live == set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -2085,10 +2086,14 @@ class Remit:
         self.audit.append("kill_switch", {"engaged": engaged, "agent": agent_id or "*"})
         if engaged:
             # An emergency stop also takes back every credential handed out for the stopped work.
-            for lease in self.store.list_leases(state=LeaseState.OPEN, limit=10_000):
-                task = self.store.get_task(lease.task_id)
-                if agent_id is None or (task is not None and task.agent_id == agent_id):
-                    self._end_lease(lease.lease_id, LeaseState.REVOKED, "kill switch")
+            # Every one of them, unbounded: all open leases, or those of the agent's tasks.
+            if agent_id is None:
+                lease_ids = self.store.expired_open_lease_ids(math.inf)
+            else:
+                stopped = self.get_agent(agent_id).agent_id
+                lease_ids = self.store.open_lease_ids(self.store.open_task_ids(stopped))
+            for lease_id in lease_ids:
+                self._end_lease(lease_id, LeaseState.REVOKED, "kill switch")
 
     # ------------------------------------------------------------------ audit
     def query_audit(self, query: AuditQuery) -> list[AuditRecord]:
