@@ -303,7 +303,9 @@ def test_credential_for_refuses_a_stopped_agent_and_a_withdrawn_credential(
     lease_remit.load_catalog(_catalog_data(""))  # the tool is gone from the catalog
     with pytest.raises(TokenRevoked) as info:
         lease_remit.credential_for(obligation)
-    assert info.value.reason == "credential_withdrawn"
+    # The reload itself revoked the tool's open lease (security review: catalog changes).
+    assert info.value.reason == "lease_revoked"
+    assert lease_remit.get_lease(obligation.ref).revoke_reason == "catalog_changed"
     with pytest.raises(InvalidRequest):
         lease_remit.credential_for(Obligation("something_else", obligation.ref))
     with pytest.raises(NotFound):

@@ -474,3 +474,23 @@ def test_rotation_over_http_while_a_replica_keeps_serving_credentials(tmp_path: 
         replica.close()
         server.close()
     _fresh_reads(settings, {"billing.key": CANARY})
+
+
+def test_retire_unused_never_deletes_a_key_file_it_could_not_read(tmp_path: Path) -> None:
+    from remit.keystore import MasterKeyStore
+
+    path = tmp_path / "keys" / "master.key"
+    first = MasterKeyStore(path)
+    old, _new = first.rotate()
+    retained = path.parent / f"master-{old.kid}.key"
+    assert retained.exists()
+    # A fresh process that cannot read the retained file (damaged here) must keep it:
+    # deleting it would lose the only copy of a key this process never held.
+    retained.write_text("not a key", encoding="ascii")
+    fresh = MasterKeyStore(path)
+    assert fresh.retire_unused(set()) == []
+    assert retained.exists()
+    # Readable again: retired as usual (the key is held in memory first).
+    retained.write_text(old.to_b64().reveal(), encoding="ascii")
+    assert fresh.retire_unused(set()) == [old.kid]
+    assert not retained.exists() and fresh.find(old.kid) is not None

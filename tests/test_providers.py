@@ -572,6 +572,30 @@ def test_a_lease_issued_while_its_task_ends_does_not_survive_the_task(
     assert flaky.live == set()
 
 
+@pytest.mark.parametrize("scope", ["all", "agent"])
+def test_a_lease_issued_while_the_kill_switch_is_engaged_does_not_survive(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider, scope: str
+) -> None:
+    """The kill switch (global or for this agent) is engaged while step 7 is minting the
+    credential: its lease sweep ran before the lease row was written, so issuance itself
+    must notice the stop and revoke what it minted."""
+    task = _task(psession)
+    real_issue = flaky.issue
+
+    def racing_issue(request: IssueRequest) -> IssuedCredential:
+        premit.set_kill_switch(True, agent_id=request.agent_id if scope == "agent" else None)
+        return real_issue(request)
+
+    flaky.issue = racing_issue  # type: ignore[method-assign]
+    with pytest.raises(TokenRevoked):
+        task.authorize("flaky/op", {})
+    assert flaky.count == 1  # it was minted ...
+    assert flaky.live == set()  # ... and taken back downstream
+    assert premit.list_leases(task_id=task.task_id, state="open") == []
+    (lease,) = premit.list_leases(task_id=task.task_id)
+    assert lease.state is LeaseState.REVOKED and "kill_switch" in (lease.revoke_reason or "")
+
+
 def test_an_agent_kill_switch_revokes_its_leases_however_many_others_are_open(
     premit: Remit, psession: AgentSession, flaky: FlakyProvider
 ) -> None:
@@ -604,3 +628,59 @@ def test_an_agent_kill_switch_revokes_its_leases_however_many_others_are_open(
     premit.set_kill_switch(True, agent_id=task.agent.agent_id)
     assert premit.get_lease(obligation.ref).state is LeaseState.REVOKED
     assert flaky.live == set()
+
+
+def test_a_catalog_change_of_privilege_or_credential_revokes_open_leases(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider
+) -> None:
+    """A lease reused across calls must not keep grants the catalog no longer gives: a
+    tool downgraded (write -> read), re-pointed at another credential entry, or removed
+    has its open leases revoked downstream (``catalog_changed``, audited); a tool left
+    unchanged keeps its lease."""
+    task = _task(psession)
+    op = _one(task.authorize("flaky/op", {}))
+    proc = _one(task.authorize("flaky/proc", {}))
+    charge = _one(task.authorize("billing/charge", {}))
+    assert flaky.live == {"h1", "h2"}
+    changed = (
+        TOOLS.replace("    privilege: write\n    labels: [internal]\n    credential: {secret",
+                      "    privilege: read\n    labels: [internal]\n    credential: {secret")
+        .replace('X-Flaky, value: token}', 'X-Flaky-2, value: token}')
+    )  # fmt: skip
+    assert changed != TOOLS
+    premit.load_catalog(yaml.safe_load(CATALOG + changed))
+    for ref in (op.ref, charge.ref):
+        lease = premit.get_lease(ref)
+        assert lease.state is LeaseState.REVOKED and lease.revoke_reason == "catalog_changed"
+    assert premit.get_lease(proc.ref).state is LeaseState.OPEN  # unchanged entry
+    assert flaky.live == {"h2"}  # h1 revoked downstream
+    ended = [d for k, d in _audit(premit) if k == "lease.revoked"]
+    assert {d["lease"] for d in ended} >= {op.ref, charge.ref}
+    # The next call gets a fresh lease under the new entry.
+    fresh = _one(task.authorize("flaky/op", {}))
+    assert fresh.ref != op.ref and premit.get_lease(fresh.ref).state is LeaseState.OPEN
+    # A tool that disappears from the catalog loses its leases too.
+    premit.load_catalog(yaml.safe_load(CATALOG + changed.split("  - name: flaky/proc")[0]))
+    assert premit.get_lease(proc.ref).state is LeaseState.REVOKED
+    assert premit.get_lease(fresh.ref).state is LeaseState.OPEN
+    assert flaky.live == {"h3"}
+
+
+def test_a_lease_issued_while_the_catalog_changes_its_tool_does_not_survive(
+    premit: Remit, psession: AgentSession, flaky: FlakyProvider
+) -> None:
+    """The catalog replaces the tool's entry while step 7 mints under the old one: the
+    reload's lease sweep ran before the row existed, so issuance must take it back."""
+    task = _task(psession)
+    real_issue = flaky.issue
+    changed = TOOLS.replace("X-Flaky, value: token}", "X-Flaky-2, value: token}")
+
+    def racing_issue(request: IssueRequest) -> IssuedCredential:
+        premit.load_catalog(yaml.safe_load(CATALOG + changed))
+        return real_issue(request)
+
+    flaky.issue = racing_issue  # type: ignore[method-assign]
+    with pytest.raises(TokenRevoked):
+        task.authorize("flaky/op", {})
+    assert flaky.count == 1 and flaky.live == set()
+    assert premit.list_leases(task_id=task.task_id, state="open") == []

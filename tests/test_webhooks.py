@@ -217,3 +217,96 @@ def test_audited_webhook_names_its_records() -> None:
         ("alert.webhook_failed", {"alert": "evt1", "error": "ConnectionRefusedError"}),
         ("alert.webhook_dropped", {"alert": "evt2", "error": "closed"}),
     ]
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    paths: ClassVar[list[str]] = []
+    status = 302
+
+    def _any(self) -> None:
+        type(self).paths.append(f"{self.command} {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self.path == "/hook":
+            self.send_response(type(self).status)
+            self.send_header("Location", "/internal-target")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:  # the redirect target: must never be requested
+            self.send_response(204)
+            self.end_headers()
+
+    def do_POST(self) -> None:
+        self._any()
+
+    def do_GET(self) -> None:
+        self._any()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_is_a_failure(status: int) -> None:
+    _Redirector.paths = []
+    _Redirector.status = status
+    server = HTTPServer(("127.0.0.1", 0), _Redirector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    failures = Failures()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    sender = WebhookSender(url, setting="X", on_failure=failures)
+    try:
+        assert sender.send("k1", {"a": 1})
+        assert sender.join(10)
+    finally:
+        sender.close()
+        server.shutdown()
+        server.server_close()
+    assert _Redirector.paths == ["POST /hook"]  # the target was never requested
+    assert failures.seen == [("failed", "k1", "HTTPError")]
+
+
+class _Drip(BaseHTTPRequestHandler):
+    stop = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        # One byte every 0.1 s, far below any per-read timeout, for ~30 s.
+        for byte in b"HTTP/1.1 204 No Content\r\nX-Pad: " + b"x" * 300:
+            if type(self).stop.is_set():
+                return
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_slow_drip_endpoint_is_cut_off_at_the_total_deadline() -> None:
+    _Drip.stop = threading.Event()
+    server = HTTPServer(("127.0.0.1", 0), _Drip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    failures = Failures()
+    sender = WebhookSender(
+        f"http://127.0.0.1:{server.server_address[1]}/hook",
+        setting="X",
+        on_failure=failures,
+        timeout=1.0,
+    )
+    try:
+        began = time.monotonic()
+        assert sender.send("k1", {"a": 1})
+        assert sender.join(5)  # gave up at the 1 s deadline, not after the ~30 s drip
+        assert time.monotonic() - began < 3.0
+        assert failures.seen == [("failed", "k1", "TimeoutError")]
+    finally:
+        _Drip.stop.set()
+        sender.close()
+        server.shutdown()
+        server.server_close()

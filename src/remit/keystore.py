@@ -515,6 +515,10 @@ class MasterKeyStore:
                     with contextlib.suppress(StoreUnavailable, SealError):
                         key = self._read(path)
                         self._known[key.kid] = key
+                if match.group(1) not in self._known:
+                    # Never delete a key this process could not read and hold in memory:
+                    # whatever it wraps would be lost with it.
+                    continue
                 path.unlink(missing_ok=True)
                 retired.append(match.group(1))
         return retired

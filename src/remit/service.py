@@ -350,6 +350,8 @@ class StoreLeaseResolver:
         seal_values: Callable[[str, Mapping[str, Secret]], SealedSecret] | None = None,
         settle_values: Callable[[str], None] | None = None,
         end_lease: Callable[[str, str], object] | None = None,
+        stopped: Callable[[str], bool] | None = None,
+        catalog: Callable[[], Catalog] | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -363,6 +365,10 @@ class StoreLeaseResolver:
         self.settle_values = settle_values
         # Ends one lease now, revoking it downstream, audited (``Remit._end_lease``).
         self.end_lease = end_lease
+        # Whether the kill switch stops this agent now (global or per agent).
+        self.stopped = stopped
+        # The catalog now: a tool entry replaced during issuance must not get a lease.
+        self.catalog = catalog
 
     def obligations(self, task: Task, spec: ToolSpec, *, call_id: str, mode: Mode) -> LeaseStep:
         credential = spec.credential
@@ -473,6 +479,11 @@ class StoreLeaseResolver:
             live = self.store.get_task(task.task_id)
             if live is None or live.effective_status(self.clock.now()) is not TaskStatus.OPEN:
                 raise TokenRevoked("the task has ended", reason="task_ended")
+            # Likewise the kill switch: its sweep may have run before this row existed.
+            if self.stopped is not None and self.stopped(task.agent_id):
+                raise TokenRevoked("the agent is stopped by the kill switch", reason="kill_switch")
+            if self.catalog is not None and self.catalog().get(spec.name) != spec:
+                raise TokenRevoked("the tool's catalog entry changed", reason="catalog_changed")
             if self.settle_values is not None:
                 self.settle_values(lease.lease_id)
             self.audit.append(
@@ -622,6 +633,10 @@ class Remit:
                 end_lease=lambda lease_id, reason: self._end_lease(
                     lease_id, LeaseState.REVOKED, reason
                 ),
+                stopped=lambda agent_id: (
+                    self.monitor.killed_all or agent_id in self.monitor.killed_agents
+                ),
+                catalog=lambda: self._catalog,
             ),
         )
         self._refresh_entities()
@@ -665,12 +680,35 @@ class Remit:
         def run() -> Catalog:
             catalog = catalog_from_data(data)
             self._check_catalog_credentials(catalog, self.providers)
-            self._catalog = catalog
+            previous, self._catalog = self._catalog, catalog
             self._refresh_entities()
             self.audit.append("catalog.loaded", {"tools": sorted(catalog.tools)})
+            self._revoke_changed_leases(previous, catalog)
             return catalog
 
         return self._guard("catalog.load", run)
+
+    def _revoke_changed_leases(self, old: Catalog, new: Catalog) -> None:
+        """End the open leases of every tool whose privilege or credential entry changed, or
+        that is gone: a reused lease must not keep grants the catalog no longer gives (a
+        database role keeps INSERT after the tool became read-only). Revoked downstream and
+        audited like any lease end (reason ``catalog_changed``)."""
+        changed = {
+            name
+            for name, spec in old.tools.items()
+            if spec.credential is not None
+            and (
+                (now := new.get(name)) is None
+                or now.privilege != spec.privilege
+                or now.credential != spec.credential
+            )
+        }
+        if not changed:
+            return
+        for lease_id in self.store.expired_open_lease_ids(math.inf):
+            lease = self.store.get_lease(lease_id)
+            if lease is not None and lease.tool in changed:
+                self._end_lease(lease_id, LeaseState.REVOKED, "catalog_changed")
 
     # ------------------------------------------------------------------ tool definition pins
     def admit_tool_definition(

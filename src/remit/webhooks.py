@@ -5,8 +5,11 @@ single background worker fed by a bounded queue:
 
 * ``send`` never blocks and never raises: it encodes the document, enqueues it and
   returns; a full queue (or a closed sender) drops the notification and reports it;
-* each POST has a timeout; any failure (connection refused, timeout, HTTP error) is
-  reported, never raised, and the worker carries on with the next one;
+* each POST has a total deadline (``timeout`` seconds for the whole delivery, not per
+  socket read: a slow-drip endpoint is cut off, see ``post_json``) and never follows a
+  redirect (a 3xx is a failure: no blind request to wherever it points); any failure
+  (connection refused, deadline, HTTP error, redirect) is reported, never raised, and
+  the worker carries on with the next one;
 * failures and drops go to ``on_failure(event, key, error)`` with ``event`` one of
   ``"failed"`` / ``"dropped"``, the caller's ``key`` (an audit event id, an approval
   id) and the exception's *type name* or ``queue_full`` / ``closed``: never a message,
@@ -21,8 +24,10 @@ default) costs nothing.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import queue
+import socket
 import threading
 import time
 import urllib.request
@@ -54,14 +59,122 @@ OnFailure = Callable[[FailureEvent, str, str], None]
 _STOP: Final = object()
 
 
+class _Deadline:
+    """Shuts down every socket of one delivery when its total time is up, so no read
+    (status line, headers, body, TLS handshake) can outlast it however slowly it drips."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shut(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # closed, or detached by the TLS wrap
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _DeadlineMixin(http.client.HTTPConnection):
+    _deadline: _Deadline
+
+    def _arm(self, deadline: _Deadline) -> None:
+        self._deadline = deadline
+        self._create_connection = lambda *a, **kw: deadline.track(
+            socket.create_connection(*a, **kw)
+        )
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.track(self.sock)  # the TLS socket, for https
+
+
+class _HTTPConnection(_DeadlineMixin):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._arm(deadline)
+
+
+class _HTTPSConnection(_DeadlineMixin, http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._arm(deadline)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
+            return _HTTPConnection(host, deadline=self._deadline, **kwargs)
+
+        return self.do_open(connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
+            return _HTTPSConnection(host, deadline=self._deadline, **kwargs)
+
+        return self.do_open(connection, req)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the 3xx is raised as an HTTPError (a failed delivery)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def post_json(url: str, body: bytes, timeout: float) -> None:
-    """POST ``body`` as JSON; raises on any failure (HTTP errors included)."""
+    """POST ``body`` as JSON; raises on any failure (HTTP errors included).
+
+    A redirect is never followed (HTTPError with the 3xx status). ``timeout`` bounds the
+    whole delivery: past it every socket of the request is shut down and TimeoutError is
+    raised, however slowly the endpoint drips bytes."""
     # The URL is the operator's setting, checked to be http(s) when the sender is built.
     request = urllib.request.Request(  # noqa: S310
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        response.read(1024)
+    deadline = _Deadline(timeout)
+    opener = urllib.request.build_opener(
+        _NoRedirect(), _HTTPHandler(deadline), _HTTPSHandler(deadline)
+    )
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            response.read(1024)
+    except Exception as exc:
+        if deadline.expired:
+            raise TimeoutError("the webhook delivery passed its deadline") from exc
+        raise
+    finally:
+        deadline.cancel()
 
 
 class WebhookSender:

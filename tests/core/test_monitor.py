@@ -186,6 +186,44 @@ def test_rate_spike_fires_far_above_the_busy_rate() -> None:
     assert FindingKind.RATE_SPIKE in seen
 
 
+def _burst(monitor: AnomalyMonitor, start: float, tag: str, *, outcome: str = "allow") -> bool:
+    """60 calls in 30 s, each assessed then learned as the pipeline would (with its anomaly
+    record); True when any was flagged ``rate_spike``."""
+    flagged = False
+    for i in range(60):
+        at, task = start + i * 0.5, f"tsk_{tag}{i}"
+        found = monitor.assess(AGENT, task, "ticket/read", (), at)
+        spike = FindingKind.RATE_SPIKE in kinds(found)
+        flagged = flagged or spike
+        rec = record("ticket/read", task, outcome=outcome)
+        rec["anomaly"] = {"score": 70, "findings": [f.to_data() for f in found]}
+        monitor.learn(rec, at)
+    return flagged
+
+
+def test_a_burst_of_approval_required_calls_does_not_hide_the_next_burst() -> None:
+    # A brand-new agent: its first busy minute (rate_spike still warming up) is a burst of
+    # calls that all wait for approval. It must not become the learned peak.
+    monitor = AnomalyMonitor()
+    assert not _burst(monitor, NINE, "ask", outcome="approval_required")
+    for m in range(1, 7):  # then quiet, ordinary busy minutes of ~5 allowed calls
+        for i in range(5):
+            monitor.learn(record("ticket/read", f"tsk_n{m}_{i}"), NINE + m * 60 + i)
+    assert _burst(monitor, NINE + 10 * 60, "again", outcome="approval_required")
+
+
+def test_a_flagged_spike_minute_does_not_raise_the_learned_rate() -> None:
+    monitor = learned(BASE)
+    busy = monitor.baseline(AGENT)
+    assert busy is not None
+    before = busy.busy_rate()
+    start = NINE + WEEK + 30 * 60
+    assert _burst(monitor, start, "one")
+    monitor.learn(record("ticket/read", "tsk_after"), start + 120)  # closes the burst minute
+    assert busy.busy_rate() == pytest.approx(before, rel=0.01)
+    assert _burst(monitor, start + 600, "two")  # an identical burst is flagged again
+
+
 def test_a_quiet_agents_few_calls_are_not_a_spike() -> None:
     # One call a minute for an hour, then three calls at once: 3x the usual, but tiny.
     calls = [Call(NINE + 60 * i, f"tsk_q{i}", "ticket/read") for i in range(60)]
@@ -414,3 +452,29 @@ def test_alert_round_trips_through_its_record() -> None:
     assert back.findings == (finding,) and back.kinds == ("rate_spike",) and back.seq == 9
     with pytest.raises(ValueError):
         Alert.from_record({"agent": AGENT}, at=0.0)
+
+
+# ---------------------------------------------------------------------- redaction
+
+
+def test_new_destination_explanation_never_carries_url_secrets() -> None:
+    # The monitor sees destinations as the pipeline passes them: ``ToolSpec.destinations_in``,
+    # i.e. normalized. A URL keeps scheme://host[:port]/path: the query and fragment are
+    # dropped and userinfo is refused, so no token reaches the alert, webhook or audit log.
+    from remit.core.catalog import catalog_from_data
+
+    tool = {"name": "hook/post", "privilege": "act", "destinations": {"url": "url"}}
+    spec = catalog_from_data({"tools": [tool]}).get("hook/post")
+    assert spec is not None
+    (dest,) = spec.destinations_in(
+        {"url": "https://Hooks.Example.com:8443/v1/in?token=s3cr3t-QUERY#frag-s3cr3t"}
+    )
+    assert str(dest) == "url:https://hooks.example.com:8443/v1/in"
+    with pytest.raises(InvalidRequest) as refused:
+        spec.destinations_in({"url": "https://bot:s3cr3t-PASS@hooks.example.com/v1/in"})
+    assert "s3cr3t" not in str(refused.value)
+    monitor = learned(BASE)
+    findings = monitor.assess(AGENT, "tsk_url", "email/send", (str(dest),), NINE + WEEK)
+    (finding,) = [f for f in findings if f.kind is FindingKind.NEW_DESTINATION]
+    assert finding.explanation == "never-seen destination url:https://hooks.example.com:8443/v1/in"
+    assert "s3cr3t" not in finding.explanation and "?" not in finding.explanation

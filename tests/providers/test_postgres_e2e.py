@@ -272,3 +272,36 @@ def test_a_per_call_postgres_credential_is_refused_at_load(
         remit.load_catalog(yaml.safe_load(per_call))
     assert caught.value.reason == "bad_catalog" and "per_call" in str(caught.value)
     assert remit.catalog.get("db/query") is not None
+
+
+def test_a_privilege_downgrade_in_the_catalog_drops_the_write_role(
+    db_remit: tuple[Remit, ManualClock], pg: PgEnv
+) -> None:
+    """db/update goes from write to read in the catalog: its open lease (a role that can
+    INSERT) is revoked at the reload, the role is gone, and the next call gets a new,
+    read-only role."""
+    import yaml
+
+    remit, clock = db_remit
+    task = db_task(remit, clock)
+    old_lease, old_dsn = injected_dsn(remit, task, "db/update")
+    old_role = remit.get_lease(old_lease).handle
+    assert pg.role_row(old_role) is not None
+    downgraded = DB_CATALOG.replace(
+        "  - name: db/update\n    privilege: write", "  - name: db/update\n    privilege: read"
+    )
+    assert downgraded != DB_CATALOG
+    remit.load_catalog(yaml.safe_load(downgraded))
+    assert pg.role_row(old_role) is None
+    lease = remit.get_lease(old_lease)
+    assert lease.state is LeaseState.REVOKED and lease.revoke_reason == "catalog_changed"
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(old_dsn, connect_timeout=3).close()
+    new_lease, new_dsn = injected_dsn(remit, task, "db/update")
+    assert new_lease != old_lease
+    with psycopg.connect(new_dsn, autocommit=True, connect_timeout=3) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO items (name) VALUES ('after the downgrade')")
+    task.end()
+    assert pg.roles_with_prefix() == set()

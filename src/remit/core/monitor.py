@@ -12,8 +12,11 @@ decision records (the audit log at start, then each new decision):
 
 What is learned as *normal* is only what was allowed (``outcome == allow``):
 a denied or approval-pending call never teaches the baseline that its tool or
-destination is usual. Every decided call counts towards the rate; every deny
-(except the kill switch's) towards a denial burst.
+destination is usual. Every decided call counts towards the *current* rate, but
+the learned busy rate (EWMA and peak) folds in only allowed calls, and never a
+minute in which a call was flagged ``rate_spike`` (so one burst cannot raise the
+baseline and hide the next one). Every deny (except the kill switch's) counts
+towards a denial burst.
 
 Detectors, each a ``Finding`` with a kind, a score contribution and an
 explanation:
@@ -271,7 +274,9 @@ class Baseline:
 
     __slots__ = (
         "_minute",
+        "_minute_allowed",
         "_minute_count",
+        "_minute_spiked",
         "_prev_count",
         "config",
         "denials",
@@ -299,18 +304,25 @@ class Baseline:
         self.rate_peak = 0.0  # the busiest minute, decaying slowly
         self._minute = -1
         self._minute_count = 0
+        self._minute_allowed = 0  # allowed calls in the current minute: what the rate learns
+        self._minute_spiked = False  # a call in the current minute was flagged rate_spike
         self._prev_count = 0
         self.denials: deque[float] = deque(maxlen=config.denial_burst)
 
     # ------------------------------------------------------------------ learning
-    def count_call(self, now: float) -> None:
+    def count_call(self, now: float, *, allowed: bool = True, spiked: bool = False) -> None:
+        """Count a decided call in its minute. Only ``allowed`` calls are learned as the
+        busy rate, and a minute with a ``spiked`` call is not learned at all."""
         bucket = int(now // 60.0)
         if bucket > self._minute:
-            if self._minute_count > 0:
-                self._close_minute(self._minute_count)
+            if self._minute_allowed > 0 and not self._minute_spiked:
+                self._close_minute(self._minute_allowed)
             self._prev_count = self._minute_count if bucket == self._minute + 1 else 0
             self._minute, self._minute_count = bucket, 0
+            self._minute_allowed, self._minute_spiked = 0, False
         self._minute_count += 1  # a record older than the current minute counts in it
+        self._minute_allowed += 1 if allowed else 0
+        self._minute_spiked = self._minute_spiked or spiked
 
     def _close_minute(self, count: int) -> None:
         if self.rate_minutes == 0:
@@ -438,6 +450,17 @@ def _hour(now: float) -> int:
     return int(now // 3600.0) % 24
 
 
+def _spiked(record: Mapping[str, Any]) -> bool:
+    """Whether a decision record's anomaly findings include a rate spike."""
+    anomaly = record.get("anomaly")
+    if not isinstance(anomaly, Mapping):
+        return False
+    return any(
+        isinstance(f, Mapping) and f.get("kind") == FindingKind.RATE_SPIKE.value
+        for f in anomaly.get("findings") or ()
+    )
+
+
 # --------------------------------------------------------------------------- the monitor
 
 AlertSink = Callable[[Alert], None]
@@ -529,7 +552,7 @@ class AnomalyMonitor(BasicMonitor):
             if len(self._baselines) >= self.config.max_agents:
                 self._baselines.pop(next(iter(self._baselines)))
             baseline = self._baselines[agent] = Baseline(self.config)
-        baseline.count_call(ts)
+        baseline.count_call(ts, allowed=outcome == "allow", spiked=_spiked(record))
         reasons = record.get("reasons") or ()
         if outcome == "deny":
             return STOP_REASON not in reasons and baseline.count_denial(ts)

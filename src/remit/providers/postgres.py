@@ -13,7 +13,12 @@ the provider only maps the class to the narrowest grants):
     write, act    the same, plus INSERT, UPDATE on write_tables (and USAGE on the
                   sequences those tables own, so serial columns work)
 
-Never DELETE, TRUNCATE, REFERENCES, TRIGGER or any DDL. The password is 256 random bits
+Never DELETE, TRUNCATE, REFERENCES, TRIGGER or any DDL. A role is still a member of
+PUBLIC and keeps PUBLIC's default rights, which this provider cannot take away for one
+role: CONNECT on every database of the cluster, and before PostgreSQL 15 CREATE on schema
+``public``. Operators should run ``REVOKE CONNECT ON DATABASE <other> FROM PUBLIC`` on the
+databases the tools must not reach and, before PostgreSQL 15, ``REVOKE CREATE ON SCHEMA
+public FROM PUBLIC`` (docs/credentials.md). The password is 256 random bits
 from ``secrets``; it is hashed (SCRAM-SHA-256) on Remit's side, so the plaintext never
 reaches the server or its statement log. The role's comment names the lease and the task.
 
