@@ -24,6 +24,7 @@ import httpx
 
 from remit import __version__
 from remit.core.audit import b64url
+from remit.core.catalog import Catalog, catalog_from_data
 from remit.core.identity import Agent, AgentStatus, Mode, ceiling_from_data
 from remit.core.mandate import Mandate
 from remit.core.pipeline import Decision, Obligation, Outcome
@@ -53,6 +54,8 @@ AGENT_ENDPOINTS: Mapping[str, str] = {
     "end_task": "/v1/tasks/end",
     "authorize": "/v1/authorize",
     "delegate": "/oauth/token",
+    "task_catalog": "/v1/tasks/catalog",
+    "task_pin_check": "/v1/tasks/pins/check",
 }
 ACTOR_PROOF_HEADER = "Remit-Actor-Proof"
 
@@ -269,6 +272,27 @@ class RemitClient:
             "POST", AGENT_ENDPOINTS["authorize"], auth=Secret(task_token), proof=proof, body=body
         )
         return _parse(_decision_from, data)
+
+    def task_catalog(self, task_token: str, proof: str) -> Catalog:
+        """The catalog entries of the task's mandate (proof over ``TASK_CATALOG_OP``, ``{}``)."""
+        data = self._json(
+            "POST", AGENT_ENDPOINTS["task_catalog"], auth=Secret(task_token), proof=proof, body={}
+        )
+        return _parse(_task_catalog_from, data)
+
+    def check_task_tool_definition(
+        self, task_token: str, proof: str, tool: str, definition: Mapping[str, Any]
+    ) -> None:
+        """Raise Denied (``tool_definition_changed`` / ``tool_not_admitted``) unless admitted,
+        Forbidden (``not_in_mandate``) for a tool outside the task's mandate. The proof is
+        over ``TASK_PIN_CHECK_OP`` and ``task_pin_body(tool, definition)``."""
+        self._json(
+            "POST",
+            AGENT_ENDPOINTS["task_pin_check"],
+            auth=Secret(task_token),
+            proof=proof,
+            body=_pin_body(tool, definition),
+        )
 
     # ------------------------------------------------------------------ agents and principals
     def register_agent(
@@ -694,6 +718,11 @@ def _strs(value: object) -> tuple[str, ...]:
 
 def _closed(data: dict[str, Any]) -> list[str]:
     return list(_strs(data["closed"]))
+
+
+def _task_catalog_from(data: dict[str, Any]) -> Catalog:
+    tools = [_dict(t) for t in _list(data["tools"])]
+    return catalog_from_data({"tools": tools}) if tools else Catalog({})
 
 
 def _attestation_from(data: dict[str, Any]) -> Attestation:

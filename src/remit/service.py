@@ -120,6 +120,8 @@ OPEN_TASK_OP = "remit:open_task"
 END_TASK_OP = "remit:end_task"
 RENEW_IDENTITY_OP = "remit:renew_identity"
 DELEGATE_OP = "remit:delegate"
+TASK_CATALOG_OP = "remit:task_catalog"
+TASK_PIN_CHECK_OP = "remit:task_pin_check"
 NONCE_TTL = 120.0
 WEBHOOK_JOIN_SECONDS = 6.0
 ADMIN_LIMITS = JsonLimits(max_depth=6, max_bytes=64 * 1024, max_string=4096, max_items=1024)
@@ -759,6 +761,49 @@ class Remit:
             {"tool": name, "reason": reason, "seen": seen, "pinned": pin.digest if pin else None},
         )
         raise Denied(f"tool {name} is not admitted with this definition", reason=reason)
+
+    def task_catalog(
+        self, task_token: str, proof: str, *, binding: tuple[str, str] | None = None
+    ) -> Catalog:
+        """The catalog entries of the tools in the calling task's mandate, for the task itself
+        (a gateway sidecar): task token and a single-use proof over ``TASK_CATALOG_OP``
+        and ``{}``. No operator credential is involved."""
+
+        def run() -> Catalog:
+            claims = self.check_task_request(
+                task_token=task_token, proof=proof, op=TASK_CATALOG_OP, body={}, binding=binding
+            )
+            mandate = self.get_task(claims.task_id).mandate.tools
+            tools = self._catalog.tools
+            return Catalog({name: tools[name] for name in sorted(mandate) if name in tools})
+
+        return self._guard("task.catalog", run)
+
+    def check_task_tool_definition(
+        self,
+        task_token: str,
+        proof: str,
+        tool: str,
+        definition: Mapping[str, Any],
+        *,
+        binding: tuple[str, str] | None = None,
+    ) -> None:
+        """``check_tool_definition`` for a tool of the calling task's mandate, asked by the
+        task itself: task token and a single-use proof over ``TASK_PIN_CHECK_OP`` and
+        ``task_pin_body(tool, definition)``. A tool outside the mandate is ``forbidden``
+        (``not_in_mandate``), whether or not it is in the catalog."""
+
+        def run() -> str:
+            body = task_pin_body(tool, definition)
+            claims = self.check_task_request(
+                task_token=task_token, proof=proof, op=TASK_PIN_CHECK_OP, body=body, binding=binding
+            )
+            name: str = body["tool"]
+            if name not in self.get_task(claims.task_id).mandate.tools:
+                raise Forbidden("the tool is not in this task's mandate", reason="not_in_mandate")
+            return name
+
+        self.check_tool_definition(self._guard("task.pin_check", run), definition)
 
     def list_tool_pins(self) -> list[ToolPin]:
         return self.store.list_tool_pins()
@@ -2202,6 +2247,11 @@ class Remit:
 def delegation_body(parent_task_id: str, narrowing: Mapping[str, Any]) -> dict[str, Any]:
     """What both delegation proofs sign (as its digest): the parent task and the narrowing."""
     return {"task": parent_task_id, "narrowing": dict(narrowing)}
+
+
+def task_pin_body(tool: str, definition: Mapping[str, Any]) -> dict[str, Any]:
+    """What a task's proof for a pin check is over: the tool and its definition's digest."""
+    return {"tool": check_tool_name(tool), "digest": tool_definition_digest(definition)}
 
 
 def _definition_data(definition: Mapping[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ SEMANTIC_BODIES = {
     "POST /v1/admin-tokens": "names must be printable, which JSON Schema cannot say",
     "POST /v1/catalog/pins": "only a tool in the catalog can be admitted",
     "POST /v1/catalog/pins/check": "a free-form definition: integers beyond 2**53 are refused",
+    "POST /v1/tasks/pins/check": "a free-form definition: integers beyond 2**53 are refused",
     "POST /oauth/token": "the narrowing is a free-form mandate: integers beyond 2**53 are refused",
     "PUT /v1/inventory": "rows are checked by the inventory parser: ISO dates, unique ids",
     # Bodies are I-JSON: an integer beyond +-2**53 is refused wherever it is (other parsers

@@ -33,9 +33,9 @@ import anyio.to_thread
 from mcp.types import CallToolResult, Tool, ToolAnnotations
 
 from remit.canonical import digest
-from remit.core.catalog import Catalog, Privilege, ToolSpec, catalog_from_data
+from remit.core.catalog import Catalog, Privilege, ToolSpec
 from remit.core.pipeline import ARGUMENT_LIMITS, Decision, Obligation, Outcome
-from remit.errors import Denied, NotFound, ProviderUnavailable, RemitError
+from remit.errors import Denied, InvalidRequest, NotFound, ProviderUnavailable, RemitError
 from remit.gateway.config import GatewayConfig, UpstreamConfig
 from remit.gateway.leased import (
     ENDED_CODES,
@@ -48,8 +48,10 @@ from remit.gateway.redact import LogFilter, Redactor
 from remit.gateway.results import gateway_error, refused_by_decision, refused_by_error
 from remit.gateway.upstream import Upstream, tool_definition
 from remit.providers.base import Injection
+from remit.service import TASK_CATALOG_OP, TASK_PIN_CHECK_OP, task_pin_body
 
 if TYPE_CHECKING:
+    from remit.agent import TaskSession
     from remit.client import RemitClient
     from remit.service import Remit
 
@@ -125,21 +127,40 @@ class LocalRemitView:
 
 
 class RemoteRemitView:
-    """A Remit server, through the client (needs an operator token with ``readonly``)."""
+    """A Remit server, through the client, as the sidecar's own task: the catalog entries
+    of its mandate and the pin checks come from the task-authenticated endpoints
+    (``/v1/tasks/catalog``, ``/v1/tasks/pins/check``), each request with the task token
+    and a fresh single-use proof. No operator credential is needed or used."""
 
-    def __init__(self, client: RemitClient, *, catalog_ttl: float = 30.0) -> None:
+    def __init__(
+        self, client: RemitClient, task: TaskSession | None = None, *, catalog_ttl: float = 30.0
+    ) -> None:
         self._client = client
+        self._task = task
         self._ttl = catalog_ttl
         self._catalog: tuple[float, Catalog] | None = None
+
+    def _session(self) -> TaskSession:
+        if self._task is None:
+            raise InvalidRequest(
+                "a gateway with --remit-url reads Remit as its task; it has none",
+                reason="bad_gateway_config",
+            )
+        return self._task
 
     def tool_spec(self, tool: str) -> ToolSpec | None:
         now = time.monotonic()
         if self._catalog is None or self._catalog[0] <= now:
-            self._catalog = (now + self._ttl, catalog_from_data(self._client.get_catalog()))
+            task = self._session()
+            proof = task.agent.proof(task.token, TASK_CATALOG_OP, {}, endpoint="task_catalog")
+            self._catalog = (now + self._ttl, self._client.task_catalog(task.token, proof))
         return self._catalog[1].get(tool)
 
     def check_tool_definition(self, tool: str, definition: Mapping[str, Any]) -> None:
-        self._client.check_tool_definition(tool, definition)
+        task = self._session()
+        body = task_pin_body(tool, definition)
+        proof = task.agent.proof(task.token, TASK_PIN_CHECK_OP, body, endpoint="task_pin_check")
+        self._client.check_task_tool_definition(task.token, proof, tool, definition)
 
     def credential(self, obligation: Obligation) -> Injection:
         # Remit's HTTP API has no agent-authenticated endpoint that hands a lease's value to

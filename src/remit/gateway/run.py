@@ -58,23 +58,22 @@ def run_sidecar(
     """Attest, open the configured task, serve the agent on stdio, end the task on exit.
 
     Remit is in-process (built from ``settings``, the same data as ``remit serve``)
-    unless ``remit_url`` names a server; then catalog reads and pin checks need an
-    operator token with the ``readonly`` scope (``admin_token``).
+    unless ``remit_url`` names a server; then the sidecar reads its mandate's catalog
+    entries and checks tool pins as its own task (task token and proof), with no
+    operator credential. ``admin_token`` is accepted for compatibility and not used.
     """
     env = os.environ if env is None else env
     join_token = join_token_from(config, env)
     with contextlib.ExitStack() as stack:
         view: RemitView
         if remit_url:
-            if not admin_token:
-                raise InvalidRequest(
-                    "with --remit-url the sidecar needs a readonly operator token "
-                    "(REMIT_ADMIN_TOKEN) to read the catalog and check tool pins",
-                    reason="bad_gateway_config",
+            if admin_token:
+                logger.warning(
+                    "the sidecar needs no operator token with --remit-url; it is not used"
                 )
-            client = stack.enter_context(RemitClient(remit_url, admin_token=admin_token))
+            client = stack.enter_context(RemitClient(remit_url))
             task = open_sidecar_task(client, config, join_token)
-            view = RemoteRemitView(client)
+            view = RemoteRemitView(client, task)
         else:
             remit = build_remit(settings or Settings())
             stack.callback(remit.close)

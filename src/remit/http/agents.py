@@ -10,12 +10,19 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from remit.errors import InvalidProof, InvalidRequest, RemitError
 from remit.http.auth import PROOF_HEADER, AgentCall, agent, check_public_url, request_url
+from remit.http.fast import AgentCallRoute
 from remit.http.metrics import Metrics
 from remit.http.problems import BODY_ERRORS, documented
+from remit.http.task_catalog_wire import (
+    PinCheckOut,
+    TaskCatalogOut,
+    ToolPinRequest,
+    task_catalog_out,
+)
 from remit.http.wire import (
     TASK_TOKEN_TYPE,
     AttestationOut,
@@ -37,6 +44,7 @@ from remit.service import Remit
 
 EmptyBody = Annotated[EmptyRequest | None, Body()]
 ACTOR_PROOF_HEADER = "Remit-Actor-Proof"
+JSON_MEDIA_TYPE = "application/json"
 
 
 def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
@@ -149,16 +157,9 @@ def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
     def end_task(call: Annotated[AgentCall, Depends(caller)], body: EmptyBody = None) -> ClosedOut:
         return ClosedOut(closed=remit.end_task(call.token, call.proof, binding=call.binding))
 
-    @router.post(
-        "/v1/authorize",
-        tags=["agents"],
-        response_model=DecisionOut,
-        responses=documented(*BODY_ERRORS, 401, 503),
-        summary="Decide one tool call (a deny is a 200 with allowed=false)",
-    )
     async def authorize(
         call: Annotated[AgentCall, Depends(caller)], body: AuthorizeRequest
-    ) -> JSONResponse:
+    ) -> Response:
         # Decided inline on the event loop: a decision is a few hundred microseconds of
         # GIL-bound work, and a thread-pool hop per call costs more than it saves.
         started = time.perf_counter()
@@ -175,8 +176,53 @@ def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
             metrics.refused(exc.reason, time.perf_counter() - started)
             raise
         metrics.decided(decision, time.perf_counter() - started)
-        # The hot path: serialized once, without FastAPI's second validation pass.
-        return JSONResponse(decision_out(decision).model_dump(mode="json"))
+        # The hot path: serialized once, straight to JSON bytes, without FastAPI's second
+        # validation pass.
+        return Response(decision_out(decision).model_dump_json(), media_type=JSON_MEDIA_TYPE)
+
+    # The direct handler (remit.http.fast): the same checks without FastAPI's generic
+    # dependency resolution.
+    router.add_api_route(
+        "/v1/authorize",
+        authorize,
+        methods=["POST"],
+        tags=["agents"],
+        response_model=DecisionOut,
+        responses=documented(*BODY_ERRORS, 401, 503),
+        summary="Decide one tool call (a deny is a 200 with allowed=false)",
+        route_class_override=AgentCallRoute,
+    )
+
+    @router.post(
+        "/v1/tasks/catalog",
+        tags=["agents"],
+        response_model=TaskCatalogOut,
+        responses=documented(*BODY_ERRORS, 401, 404, 503),
+        summary="The catalog entries of the bearer task's mandate (no credential details)",
+    )
+    def task_catalog(
+        call: Annotated[AgentCall, Depends(caller)], body: EmptyBody = None
+    ) -> TaskCatalogOut:
+        catalog = remit.task_catalog(call.token, call.proof, binding=call.binding)
+        return task_catalog_out(catalog.tools)
+
+    @router.post(
+        "/v1/tasks/pins/check",
+        tags=["agents"],
+        response_model=PinCheckOut,
+        responses=documented(*BODY_ERRORS, 401, 403, 404, 503),
+        summary="Check an upstream definition of a mandate tool against its pin",
+    )
+    def task_pin_check(
+        call: Annotated[AgentCall, Depends(caller)], body: ToolPinRequest
+    ) -> PinCheckOut:
+        """A denial (403 ``denied``: ``tool_definition_changed`` / ``tool_not_admitted``) when
+        the definition is not the admitted one; 403 ``forbidden`` (``not_in_mandate``) for a
+        tool outside the task's mandate."""
+        remit.check_task_tool_definition(
+            call.token, call.proof, body.tool, body.definition.model_dump(), binding=call.binding
+        )
+        return PinCheckOut(tool=body.tool, admitted=True)
 
 
 def _b64url_decode(text: str) -> bytes:

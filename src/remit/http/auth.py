@@ -10,11 +10,13 @@ refusal).
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import URL
 from starlette.requests import Request
 
 from remit.errors import Forbidden, InvalidProof, InvalidRequest, InvalidToken
@@ -87,11 +89,44 @@ def request_url(request: Request, public_url: str) -> str:
     With a public URL set, that is its base plus the path; otherwise the scheme
     and the ``Host`` header of the request (so a default port is not written).
     """
-    path = request.url.path
+    scope = request.scope
+    host: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == b"host":
+            host = value
+            break
+    server = scope.get("server")
+    return _request_url(
+        scope.get("scheme", "http"),
+        None if server is None else tuple(server),
+        scope["path"],
+        host,
+        public_url,
+    )
+
+
+@lru_cache(maxsize=512)
+def _request_url(
+    scheme: str,
+    server: tuple[str, int] | None,
+    path: str,
+    host: bytes | None,
+    public_url: str,
+) -> str:
+    """Starlette's ``request.url`` for these parts (the query never changes the path or
+    host), cached: a client sends the same few, and building the URL costs a parse."""
+    url = URL(
+        scope={
+            "scheme": scheme,
+            "server": server,
+            "path": path,
+            "query_string": b"",
+            "headers": [] if host is None else [(b"host", host)],
+        }
+    )
     if public_url:
-        return public_url + path
-    url = request.url
-    return f"{url.scheme}://{url.netloc}{path}"
+        return public_url + url.path
+    return f"{url.scheme}://{url.netloc}{url.path}"
 
 
 def agent(remit: Remit) -> Callable[..., Awaitable[AgentCall]]:

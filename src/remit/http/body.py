@@ -14,6 +14,7 @@ route that takes no body accepts none, or ``{}``.
 
 from collections.abc import Callable, Coroutine, Iterator
 from email.message import Message
+from functools import lru_cache
 from typing import Any, Final
 
 from fastapi.dependencies.models import Dependant
@@ -41,6 +42,14 @@ def too_large() -> InvalidRequest:
 def is_json_media_type(content_type: str | None) -> bool:
     if not content_type:
         return False
+    if len(content_type) > 128:
+        return _is_json_media_type.__wrapped__(content_type)
+    return _is_json_media_type(content_type)
+
+
+@lru_cache(maxsize=256)
+def _is_json_media_type(content_type: str) -> bool:
+    """Parsed as FastAPI does; cached, as clients send a handful of distinct values."""
     message = Message()
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
@@ -98,19 +107,25 @@ class StrictJsonRoute(APIRoute):
         takes_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
-            strict = StrictJsonRequest(request.scope, request.receive)
-            await strict.load()
-            if not takes_body and await strict.body() and await strict.json() != {}:
-                raise InvalidRequest("this endpoint takes no body (or {})", reason="schema")
-            unknown = set(strict.query_params) - declared
-            if unknown:
-                names = ", ".join(sorted(_printable(n) for n in unknown)[:5])
-                raise InvalidRequest(
-                    f"unknown query parameters: {names}", reason="unknown_query_parameter"
-                )
-            return await handler(strict)
+            return await handler(await strict_request(request, declared, takes_body=takes_body))
 
         return strict_handler
+
+
+async def strict_request(
+    request: Request, declared: frozenset[str], *, takes_body: bool
+) -> StrictJsonRequest:
+    """``request`` with its body read and checked, and its query names checked."""
+    strict = StrictJsonRequest(request.scope, request.receive)
+    await strict.load()
+    if not takes_body and await strict.body() and await strict.json() != {}:
+        raise InvalidRequest("this endpoint takes no body (or {})", reason="schema")
+    # An empty query string has no names (skips building the parsed query).
+    unknown = set(strict.query_params) - declared if strict.scope.get("query_string") else None
+    if unknown:
+        names = ", ".join(sorted(_printable(n) for n in unknown)[:5])
+        raise InvalidRequest(f"unknown query parameters: {names}", reason="unknown_query_parameter")
+    return strict
 
 
 def _query_names(dependant: Dependant) -> Iterator[str]:

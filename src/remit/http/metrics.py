@@ -1,7 +1,7 @@
 """Prometheus metrics of one app, in its own registry (so apps in one process never clash)."""
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -25,6 +25,7 @@ _DECISION_BUCKETS: Final = (
     1.0,
 )
 _MAX_LABEL: Final = 120
+_MAX_CACHED: Final = 4096
 
 
 class Metrics:
@@ -55,9 +56,20 @@ class Metrics:
         )
         self.audit_pending.set_function(lambda: float(remit.audit.pending))
 
+        # The labelled children, by what they are computed from (the label sets are bounded
+        # as the registry's own are; this skips the label checks and joins per request).
+        self._decided: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
+
     def decided(self, decision: Decision, seconds: float) -> None:
         self.decision_seconds.observe(seconds)
-        self.decisions.labels(decision.outcome.value, _reason(decision.reasons)).inc()
+        key = (decision.outcome.value, tuple(decision.reasons))
+        child = self._decided.get(key)
+        if child is None:
+            child = self.decisions.labels(key[0], _reason(key[1]))
+            if len(self._decided) < _MAX_CACHED:
+                self._decided[key] = child
+        child.inc()
 
     def refused(self, reason: str, seconds: float) -> None:
         """A call refused before any decision (bad token, proof, input, ...)."""
@@ -65,7 +77,13 @@ class Metrics:
         self.decisions.labels("refused", reason[:_MAX_LABEL]).inc()
 
     def request(self, route: str, status: int) -> None:
-        self.http_requests.labels(route, str(status)).inc()
+        key = (route, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self.http_requests.labels(route, str(status))
+            if len(self._requests) < _MAX_CACHED:
+                self._requests[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
