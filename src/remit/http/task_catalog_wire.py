@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from remit.core.catalog import ToolSpec
-from remit.http.wire import ModeName, PinCheckOut, Response, ToolPinRequest
+from remit.http.wire import ModeName, PinCheckOut, Response, ToolPinRequest, tool_out
 
 __all__ = ["PinCheckOut", "TaskCatalogOut", "TaskToolOut", "ToolPinRequest", "task_catalog_out"]
 
@@ -31,15 +31,8 @@ class TaskCatalogOut(Response):
 
 
 def task_tool_out(spec: ToolSpec) -> TaskToolOut:
-    return TaskToolOut(
-        name=spec.name,
-        privilege=spec.privilege.value,
-        destinations={arg.path: arg.kind.value for arg in spec.destination_args},
-        labels=spec.output_labels.as_list(),
-        risk=sorted(spec.risk),
-        mode="shadow" if spec.shadow else "enforce",
-        description=spec.description,
-    )
+    """The operator's view of the entry, without its credential."""
+    return TaskToolOut(**tool_out(spec).model_dump(exclude={"credential"}))
 
 
 def task_catalog_out(tools: Mapping[str, ToolSpec]) -> TaskCatalogOut:
