@@ -287,3 +287,53 @@ def test_bad_settings_are_refused(tmp_path: Path, clock: ManualClock) -> None:
         with pytest.raises(InvalidRequest) as err:
             build(tmp_path / str(len(bad)), clock, **bad)
         assert err.value.reason == "bad_setting"
+
+
+EMAIL_NEEDS_APPROVAL = (
+    '@id("email-needs-approval") @approval("required")\n'
+    'forbid (principal, action == Action::"act", resource == Tool::"email/send");\n'
+)
+
+
+def test_approval_flood_alerts_and_the_response_applies(tmp_path: Path, clock: ManualClock) -> None:
+    # RATE-04 / AGT-07: a fresh agent (no warm-up needed) floods the approvers with
+    # requests, each for a different call, to tire them and slip a risky one through.
+    remit = build(tmp_path, clock, anomaly_response="suspend", anomaly_approval_flood=5)
+    try:
+        remit.load_policies([PolicySource("approvals.cedar", EMAIL_NEEDS_APPROVAL)])
+        agent = session(remit, clock)
+        task = new_task(agent)
+        # Retrying one call while it waits for a human is one request, not a flood.
+        same = {"to": "alice@example.com", "body": "ticket 4711"}
+        ids = {task.authorize("email/send", same).approval_id for _ in range(6)}
+        assert len(ids) == 1 and None not in ids
+        assert alerts_of(remit) == []
+        clock.advance(1)
+        for n in range(4):  # four more distinct requests: the fifth within a minute
+            asked = task.authorize("email/send", {"to": "alice@example.com", "body": f"#{n}"})
+            assert asked.outcome is Outcome.APPROVAL_REQUIRED
+            clock.advance(5)
+        (alert,) = alerts_of(remit)
+        assert alert["kinds"] == ["approval_flood"] and alert["score"] == 70
+        assert alert["decision"] == asked.decision_id
+        assert alert["explanation"] == "5 approval requests within 60 s"
+        assert [a.kinds for a in remit.list_alerts(kind="approval_flood")] == [("approval_flood",)]
+        # While the flood lasts the next call scores 70: the suspend response applies.
+        denied = task.authorize("docs/read", {})
+        assert not denied.allowed and "anomaly" in denied.reasons
+        assert remit.get_agent(agent.agent_id).status.value == "suspended"
+        with pytest.raises(TokenRevoked):
+            task.authorize("docs/read", {})
+    finally:
+        remit.close()
+
+
+def test_approvals_spread_out_raise_no_flood(remit: Remit, clock: ManualClock) -> None:
+    remit.load_policies([PolicySource("approvals.cedar", EMAIL_NEEDS_APPROVAL)])
+    task = new_task(session(remit, clock))
+    for n in range(12):  # one request every 20 s: never five in a minute
+        asked = task.authorize("email/send", {"to": "alice@example.com", "body": f"#{n}"})
+        assert asked.outcome is Outcome.APPROVAL_REQUIRED
+        assert task.authorize("docs/read", {}).allowed
+        clock.advance(20)
+    assert [a for a in alerts_of(remit) if "approval_flood" in a["kinds"]] == []

@@ -404,7 +404,7 @@ def test_principals_join_tokens_and_tasks_over_http(server: Server) -> None:
         assert shown["calls_used"] == 1
         assert "mandate" in server.run("task", "show", task.task_id).output
         result = server.run("task", "revoke", task.task_id, "--reason", "incident", "--json")
-        assert as_json(result) == {"closed": [task.task_id]}
+        assert as_json(result) == {"closed": [task.task_id], "outstanding_leases": []}
         other = session.open_task(
             principal=PRINCIPAL, intent={"purpose": "look", "tools": ["docs/read"]}
         )

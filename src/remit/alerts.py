@@ -52,6 +52,7 @@ def monitor_config(settings: Settings) -> MonitorConfig:
         response=response,
         rate_min_calls=settings.anomaly_rate_min_calls,
         denial_burst=settings.anomaly_denial_burst,
+        approval_flood=settings.anomaly_approval_flood,
         dedupe_seconds=float(settings.anomaly_dedupe_seconds),
     )
 

@@ -91,6 +91,9 @@ EXIT_TESTS_FAILED = 1  # `policy test`: a case did not decide as expected
 EXIT_AUDIT_BROKEN = 8  # `audit verify`: the chain does not verify
 EXIT_FINDINGS = 11  # `analyze blast-radius --fail-on KIND`: a finding of that kind exists
 EXIT_CHANGES = 12  # `policy replay --fail-on-change`: a decision would change
+# `task revoke|end`: the task ended, but some of its leases are still being revoked
+# downstream (BRK-04: partial completion is not success; the sweeper retries them).
+EXIT_REVOCATION_PENDING = 13
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 MAX_INPUT_BYTES = 4 * 1024 * 1024
@@ -694,8 +697,19 @@ def task_show(
 def _revoke(task_id: str, reason: str, url: str, token: str | None, json_output: bool) -> None:
     output = Output(json_output)
     with _client(url, token, output) as client:
-        closed = client.revoke_task(task_id, reason=reason)
-    output.done({"closed": closed}, f"revoked {len(closed)} task(s): {_text(closed)}")
+        ended = client.revoke_task_report(task_id, reason=reason)
+    closed, outstanding = list(ended.closed), list(ended.outstanding_leases)
+    output.done(
+        {"closed": closed, "outstanding_leases": outstanding},
+        f"revoked {len(closed)} task(s): {_text(closed)}",
+    )
+    if outstanding:
+        output.note(
+            f"[bold yellow]warning[/] {len(outstanding)} lease(s) not yet revoked downstream "
+            f"(retried by the sweeper; see `remit leases list --outstanding`): "
+            f"{escape(', '.join(outstanding))}"
+        )
+        raise typer.Exit(EXIT_REVOCATION_PENDING)
 
 
 @task_app.command("revoke")

@@ -54,8 +54,8 @@ def alerts_list(
         str | None,
         typer.Option(
             "--kind",
-            help="new_tool, new_destination, rate_spike, denial_burst, unusual_sequence, "
-            "off_hours.",
+            help="new_tool, new_destination, rate_spike, denial_burst, approval_flood, "
+            "unusual_sequence, off_hours.",
             show_default=False,
         ),
     ] = None,

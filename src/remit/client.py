@@ -29,6 +29,7 @@ from remit.core.identity import Agent, AgentStatus, Mode, ceiling_from_data
 from remit.core.mandate import Mandate
 from remit.core.pipeline import Decision, Obligation, Outcome
 from remit.core.secrets import Secret
+from remit.core.task_end import TaskEnd
 from remit.errors import (
     Conflict,
     Forbidden,
@@ -251,10 +252,14 @@ class RemitClient:
         return _parse(_grant_from, data)
 
     def end_task(self, task_token: str, proof: str) -> list[str]:
+        return list(self.end_task_report(task_token, proof).closed)
+
+    def end_task_report(self, task_token: str, proof: str) -> TaskEnd:
+        """``end_task``, also naming the leases still outstanding downstream (BRK-04)."""
         data = self._json(
             "POST", AGENT_ENDPOINTS["end_task"], auth=Secret(task_token), proof=proof, body={}
         )
-        return _parse(_closed, data)
+        return _parse(_task_end, data)
 
     def authorize(
         self,
@@ -383,8 +388,12 @@ class RemitClient:
         return self._json("GET", f"/v1/tasks/{_segment(task_id)}")
 
     def revoke_task(self, task_id: str, *, reason: str = "operator") -> list[str]:
+        return list(self.revoke_task_report(task_id, reason=reason).closed)
+
+    def revoke_task_report(self, task_id: str, *, reason: str = "operator") -> TaskEnd:
+        """``revoke_task``, also naming the leases still outstanding downstream (BRK-04)."""
         data = self._json("POST", f"/v1/tasks/{_segment(task_id)}/revoke", body={"reason": reason})
-        return _parse(_closed, data)
+        return _parse(_task_end, data)
 
     # ------------------------------------------------------------------ approvals (approver scope)
     def list_approvals(
@@ -716,8 +725,9 @@ def _strs(value: object) -> tuple[str, ...]:
     return tuple(_str(v) for v in _list(value))
 
 
-def _closed(data: dict[str, Any]) -> list[str]:
-    return list(_strs(data["closed"]))
+def _task_end(data: dict[str, Any]) -> TaskEnd:
+    # A server from before BRK-04 does not send ``outstanding_leases``.
+    return TaskEnd(_strs(data["closed"]), _strs(data.get("outstanding_leases", [])))
 
 
 def _task_catalog_from(data: dict[str, Any]) -> Catalog:

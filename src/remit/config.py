@@ -69,6 +69,7 @@ class Settings:
     anomaly_history_days: int = 14  # decision records learned from at start
     anomaly_rate_min_calls: int = 30
     anomaly_denial_burst: int = 5
+    anomaly_approval_flood: int = 5  # approval requests of one agent within 60 s
     anomaly_dedupe_seconds: int = 300
     alert_webhook: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -113,6 +114,7 @@ _INT_FIELDS = {
     "anomaly_history_days",
     "anomaly_rate_min_calls",
     "anomaly_denial_burst",
+    "anomaly_approval_flood",
     "anomaly_dedupe_seconds",
 }
 

@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -76,6 +77,7 @@ from remit.core.policy import (
 )
 from remit.core.sealing import MasterKey, SealedSecret, rewrap, seal, unseal
 from remit.core.secrets import Secret
+from remit.core.task_end import TaskEnd
 from remit.core.tasks import Task, TaskStatus
 from remit.core.tokens import IdentityClaims, TaskClaims, TokenService, thaw, verify_call_proof
 from remit.errors import (
@@ -95,6 +97,7 @@ from remit.errors import (
     TokenRevoked,
 )
 from remit.ids import SpiffeId, check_name, check_principal_id, new_id
+from remit.inflight import InFlight
 from remit.keystore import FileKeyStore, MasterKeyStore
 from remit.providers.base import CredentialProvider, Injection, IssueRequest
 from remit.providers.registry import ProviderRegistry
@@ -248,6 +251,7 @@ class _RewrapPass:
     unreadable: int
 
 
+DRAIN_SECONDS = 5.0  # how long ending a task waits for its allowed calls in flight
 _SETTLE_ROUNDS = 8  # re-wraps of one row in a row before giving up (keys rotating that fast)
 
 
@@ -273,6 +277,7 @@ class _State:
     def __init__(self, store: SqlStore, ttl_seconds: float = 2.0) -> None:
         self.store = store
         self.ttl = ttl_seconds
+        self.in_flight = InFlight()
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
@@ -331,6 +336,9 @@ class _State:
         return self.store.record_call(
             task_id=task_id, jti=jti, jti_expires_at=jti_expires_at, consume=consume, taint=taint
         )
+
+    def deciding(self, task_id: str) -> AbstractContextManager[None]:
+        return self.in_flight.deciding(task_id)
 
 
 class StoreLeaseResolver:
@@ -1387,8 +1395,14 @@ class Remit:
         self, task_token: str, proof: str, *, binding: tuple[str, str] | None = None
     ) -> list[str]:
         """The instance ends its own task; everything derived from it is revoked."""
+        return list(self.end_task_report(task_token, proof, binding=binding).closed)
 
-        def run() -> list[str]:
+    def end_task_report(
+        self, task_token: str, proof: str, *, binding: tuple[str, str] | None = None
+    ) -> TaskEnd:
+        """``end_task``, also naming the leases still outstanding downstream (BRK-04)."""
+
+        def run() -> TaskEnd:
             claims = self.tokens.verify_task(task_token)
             instance = self.store.get_instance(claims.instance_id)
             if instance is None or instance.jkt != claims.jkt:
@@ -1409,15 +1423,23 @@ class Remit:
 
     def revoke_task(self, task_id: str, *, reason: str = "operator") -> list[str]:
         """An operator ends a task (and its descendants) now."""
+        return list(self.revoke_task_report(task_id, reason=reason).closed)
+
+    def revoke_task_report(self, task_id: str, *, reason: str = "operator") -> TaskEnd:
+        """``revoke_task``, also naming the leases still outstanding downstream (BRK-04)."""
         return self._guard(
             "task.revoke",
             lambda: self._end(task_id, TaskStatus.REVOKED, _short(reason), "operator"),
         )
 
-    def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> list[str]:
+    def _end(self, task_id: str, status: TaskStatus, reason: str, actor: str) -> TaskEnd:
         task = self.get_task(task_id)
         ended = self.store.end_task_tree(task.task_id, status, reason, self.clock.now())
+        # Calls that took from the budget before the end committed get their audit
+        # records first: none is chained after the end, or allowed after it returns.
+        self.state.in_flight.drain(ended, timeout=DRAIN_SECONDS)
         self._end_task_leases(ended, f"task {status.value}")
+        outstanding = self._outstanding_leases([task.task_id, *ended])
         if task.parent_id is not None and ended:
             # Results that come back to the parent carry the child's taint.
             final = self.store.get_task(task.task_id)
@@ -1425,9 +1447,23 @@ class Remit:
                 self.store.join_taint(task.parent_id, final.taint)
         self.audit.append(
             f"task.{status.value}",
-            {"task": task_id, "reason": reason, "actor": actor, "closed": ended},
+            {
+                "task": task_id,
+                "reason": reason,
+                "actor": actor,
+                "closed": ended,
+                "outstanding_leases": len(outstanding),
+            },
         )
-        return ended
+        return TaskEnd(tuple(ended), outstanding)
+
+    def _outstanding_leases(self, task_ids: Sequence[str]) -> tuple[str, ...]:
+        """The leases of ``task_ids`` whose downstream revocation has not succeeded yet."""
+        found: dict[str, None] = {}
+        for task_id in dict.fromkeys(task_ids):
+            for lease in self.store.list_leases(task_id=task_id, state=LeaseState.REVOKING):
+                found[lease.lease_id] = None
+        return tuple(found)
 
     def sweep(self) -> list[str]:
         """Record the expiry of tasks whose TTL has run out (they are refused already), and
@@ -1439,6 +1475,9 @@ class Remit:
         for task_id in expired:
             self.audit.append("task.expired", {"task": task_id, "reason": "ttl"})
         self._end_task_leases(expired, "task expired")
+        # Leases left open by an end whose lease sweep failed (the task ended regardless).
+        for lease_id in self.store.orphaned_open_lease_ids():
+            self._end_lease(lease_id, LeaseState.REVOKED, "task ended")
         self.store.sweep_jtis(now)
         return expired
 

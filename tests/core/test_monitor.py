@@ -293,6 +293,101 @@ def test_spread_out_denials_are_not_a_burst(gaps: list[float]) -> None:
         assert FindingKind.DENIAL_BURST not in kinds(monitor.assess(AGENT, "t", "x/y", (), at))
 
 
+# ---------------------------------------------------------------------- approval flood
+
+
+def asked(task: str, approval: str, *, agent: str = AGENT) -> dict[str, Any]:
+    """A decision record of a call sent to approval as request ``approval``."""
+    rec = record("payments/refund", task, outcome="approval_required", agent=agent)
+    rec["approval"] = approval
+    return rec
+
+
+def test_approval_flood_fires_on_k_requests_within_the_window() -> None:
+    alerts: list[Alert] = []
+    monitor = AnomalyMonitor(MonitorConfig(approval_flood=5), sink=alerts.append)
+    for i in range(5):
+        found = monitor.assess(AGENT, f"tsk_f{i}", "payments/refund", (), NINE + i * 10)
+        assert FindingKind.APPROVAL_FLOOD not in kinds(found)
+        monitor.observe(
+            decision(Outcome.APPROVAL_REQUIRED, task=f"tsk_f{i}"),
+            asked(f"tsk_f{i}", f"apr_{i}"),
+            NINE + i * 10,
+        )
+    # The fifth request (40 s after the first) completes the flood: one alert, at once,
+    # needing no warm-up (a fresh agent).
+    assert [a.kinds for a in alerts] == [("approval_flood",)]
+    assert alerts[0].score == 70
+    assert alerts[0].findings[0].explanation == "5 approval requests within 60 s"
+    assert alerts[0].task_id == "tsk_f4"
+    # The next call carries it in its score, so the automatic response applies to it.
+    assert kinds(monitor.assess(AGENT, "tsk_g", "docs/read", (), NINE + 45)) == {
+        FindingKind.APPROVAL_FLOOD
+    }
+    # More requests in the flood are deduplicated (one alert per kind per dedupe_seconds).
+    for i in range(5, 12):
+        monitor.observe(
+            decision(Outcome.APPROVAL_REQUIRED), asked("tsk_h", f"apr_{i}"), NINE + 46 + i
+        )
+    assert len(alerts) == 1
+    # Another agent is not affected.
+    assert monitor.assess("spiffe://acme.example/agent/other", "t", "x/y", (), NINE + 50) == []
+
+
+def test_the_same_pending_request_presented_again_counts_once() -> None:
+    # An agent retrying one call before a human answered re-presents one request: no flood.
+    monitor = AnomalyMonitor(MonitorConfig(approval_flood=3))
+    for i in range(20):
+        monitor.learn(asked("tsk_p", "apr_same"), NINE + i)
+    assert FindingKind.APPROVAL_FLOOD not in kinds(
+        monitor.assess(AGENT, "tsk_p", "payments/refund", (), NINE + 21)
+    )
+    monitor.learn(asked("tsk_q", "apr_other"), NINE + 22)
+    monitor.learn(asked("tsk_r", "apr_third"), NINE + 23)
+    assert FindingKind.APPROVAL_FLOOD in kinds(
+        monitor.assess(AGENT, "tsk_s", "payments/refund", (), NINE + 24)
+    )
+
+
+@given(gaps=st.lists(st.floats(min_value=16.0, max_value=600.0), min_size=4, max_size=30))
+def test_spread_out_approval_requests_are_not_a_flood(gaps: list[float]) -> None:
+    # Five requests never fit in 60 s when each is more than 15 s after the previous one.
+    alerts: list[Alert] = []
+    monitor = AnomalyMonitor(MonitorConfig(approval_flood=5), sink=alerts.append)
+    at = NINE
+    for n, gap in enumerate(gaps):
+        at += gap
+        assert FindingKind.APPROVAL_FLOOD not in kinds(
+            monitor.assess(AGENT, f"t{n}", "payments/refund", (), at)
+        )
+        monitor.observe(decision(Outcome.APPROVAL_REQUIRED), asked(f"t{n}", f"apr_{n}"), at)
+    assert alerts == []
+
+
+def test_baseline_traffic_with_routine_approvals_is_quiet() -> None:
+    # The baseline again, but every email/send now first waits for a human (three requests
+    # in one minute, every ten minutes), then its approved retry is allowed: quiet.
+    alerts: list[Alert] = []
+    monitor = learned(BASE)
+    monitor.sink = alerts.append
+    seen: set[Any] = set()
+    for n, call in enumerate(BASE):
+        task, at = f"{call.task}-routine", call.at + WEEK
+        if call.tool == "email/send":
+            seen |= kinds(monitor.assess(AGENT, task, call.tool, call.destinations, at))
+            monitor.observe(
+                decision(Outcome.APPROVAL_REQUIRED, task=task), asked(task, f"apr_{n}"), at
+            )
+            at += 0.5
+        seen |= kinds(monitor.assess(AGENT, task, call.tool, call.destinations, at))
+        rec = record(call.tool, task, destinations=call.destinations)
+        monitor.observe(decision(Outcome.ALLOW, task=task), rec, at)
+    assert seen == set()
+    assert alerts == []
+    baseline = monitor.baseline(AGENT)
+    assert baseline is not None and len(baseline.approvals) == 5  # it did count them
+
+
 def test_kill_switch_denials_do_not_count() -> None:
     monitor = AnomalyMonitor(MonitorConfig(denial_burst=3))
     for i in range(10):
@@ -389,6 +484,8 @@ def test_bad_settings_are_refused() -> None:
         {"threshold": 101},
         {"warmup": -1},
         {"denial_burst": 0},
+        {"approval_flood": 0},
+        {"approval_window": 0},
         {"rate_factor": 0.5},
         {"off_hours_share": 1.0},
         {"weights": {FindingKind.NEW_TOOL: 50}},

@@ -51,7 +51,7 @@ def test_the_full_agent_flow(live: Live) -> None:
 
     ended = agent.end(task)
     assert ended.status_code == 200, ended.text
-    assert ended.json() == {"closed": [task["task_id"]]}
+    assert ended.json() == {"closed": [task["task_id"]], "outstanding_leases": []}
     after = agent.authorize(token, "docs/read", {})
     assert after.status_code == 401 and after.json()["code"] in ("token_revoked", "invalid_token")
 

@@ -68,7 +68,7 @@ def test_principals_and_task_revocation(live: Live) -> None:
     revoked = live.client.post(
         f"/v1/tasks/{task['task_id']}/revoke", json={"reason": "incident"}, headers=live.admin
     )
-    assert revoked.json() == {"closed": [task["task_id"]]}
+    assert revoked.json() == {"closed": [task["task_id"]], "outstanding_leases": []}
     seen = live.client.get(f"/v1/tasks/{task['task_id']}", headers=live.admin).json()
     assert seen["status"] == "revoked" and seen["end_reason"] == "incident"
     assert agent.authorize(task["task_token"], "docs/read", {}).status_code == 401

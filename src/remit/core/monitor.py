@@ -8,7 +8,7 @@ decision records (the audit log at start, then each new decision):
   with at least one call), and the current rate over a sliding minute;
 - an hour-of-day histogram (UTC);
 - tool pairs within one task (``^`` opens a task), with counts;
-- recent denials.
+- recent denials, and recent approval requests.
 
 What is learned as *normal* is only what was allowed (``outcome == allow``):
 a denied or approval-pending call never teaches the baseline that its tool or
@@ -16,7 +16,8 @@ destination is usual. Every decided call counts towards the *current* rate, but
 the learned busy rate (EWMA and peak) folds in only allowed calls, and never a
 minute in which a call was flagged ``rate_spike`` (so one burst cannot raise the
 baseline and hide the next one). Every deny (except the kill switch's) counts
-towards a denial burst.
+towards a denial burst, and every ``approval_required`` outcome towards an approval
+flood (the same pending request presented again is counted once).
 
 Detectors, each a ``Finding`` with a kind, a score contribution and an
 explanation:
@@ -28,6 +29,8 @@ explanation:
                     ``rate_factor`` × the busy rate: max(EWMA mean + 2σ, the
                     busiest minute decayed by ``peak_decay`` per busy minute)
 ``denial_burst``    ≥ ``denial_burst`` denials within ``denial_window`` seconds
+``approval_flood``  ≥ ``approval_flood`` approval requests within ``approval_window``
+                    seconds (RATE-04, AGT-07: tiring the human to hide a risky call)
 ``unusual_sequence`` a tool pair in one task seen ≤ ``rare_sequence`` times
 ``off_hours``       an hour of day holding < ``off_hours_share`` of the history
 ==================  ==========================================================
@@ -35,7 +38,7 @@ explanation:
 Warm-up: until an agent has ``warmup`` learned (allowed) decisions, ``new_tool``,
 ``new_destination``, ``unusual_sequence`` and ``off_hours`` are suppressed, so a
 fresh agent is quiet; ``rate_spike`` waits for ``rate_min_minutes`` busy minutes
-of history. ``denial_burst`` needs no history.
+of history. ``denial_burst`` and ``approval_flood`` need no history.
 
 The anomaly score (0..100) combines the findings as independent evidence:
 ``100 × (1 − Π (1 − score_i / 100))``; one finding alone scores its own weight.
@@ -72,6 +75,7 @@ class FindingKind(StrEnum):
     NEW_DESTINATION = "new_destination"
     RATE_SPIKE = "rate_spike"
     DENIAL_BURST = "denial_burst"
+    APPROVAL_FLOOD = "approval_flood"
     UNUSUAL_SEQUENCE = "unusual_sequence"
     OFF_HOURS = "off_hours"
 
@@ -89,6 +93,7 @@ DEFAULT_WEIGHTS: Mapping[FindingKind, int] = {
     FindingKind.NEW_DESTINATION: 70,
     FindingKind.RATE_SPIKE: 70,
     FindingKind.DENIAL_BURST: 70,
+    FindingKind.APPROVAL_FLOOD: 70,
     FindingKind.UNUSUAL_SEQUENCE: 40,
     FindingKind.OFF_HOURS: 25,
 }
@@ -106,6 +111,8 @@ class MonitorConfig:
     peak_decay: float = 0.9995  # per busy minute: a peak halves in ~1,400 busy minutes
     denial_burst: int = 5
     denial_window: float = 60.0
+    approval_flood: int = 5
+    approval_window: float = 60.0
     rare_sequence: int = 0
     off_hours_share: float = 0.02
     dedupe_seconds: float = 300.0
@@ -129,6 +136,7 @@ class MonitorConfig:
             "rate_min_calls",
             "rate_min_minutes",
             "denial_burst",
+            "approval_flood",
             "max_tools",
             "max_destinations",
             "max_sequences",
@@ -145,6 +153,8 @@ class MonitorConfig:
             raise bad("peak_decay must be from 0 to 1")
         if not (self.denial_window > 0 and self.dedupe_seconds >= 0):
             raise bad("denial_window must be positive and dedupe_seconds not negative")
+        if not self.approval_window > 0:
+            raise bad("approval_window must be positive")
         if not 0.0 <= self.off_hours_share < 1.0:
             raise bad("off_hours_share must be from 0 to 1")
         if not isinstance(self.response, AnomalyResponse):
@@ -278,6 +288,7 @@ class Baseline:
         "_minute_count",
         "_minute_spiked",
         "_prev_count",
+        "approvals",
         "config",
         "denials",
         "destinations",
@@ -308,6 +319,8 @@ class Baseline:
         self._minute_spiked = False  # a call in the current minute was flagged rate_spike
         self._prev_count = 0
         self.denials: deque[float] = deque(maxlen=config.denial_burst)
+        # (time, approval id or "") of the latest approval requests
+        self.approvals: deque[tuple[float, str]] = deque(maxlen=config.approval_flood)
 
     # ------------------------------------------------------------------ learning
     def count_call(self, now: float, *, allowed: bool = True, spiked: bool = False) -> None:
@@ -341,6 +354,15 @@ class Baseline:
         self.denials.append(now)
         return not was and self.burst(now)
 
+    def count_approval(self, now: float, approval_id: str = "") -> bool:
+        """Remember an approval request; True when it completes a flood. A pending request
+        presented again (same ``approval_id``) is not a new request: not counted."""
+        if approval_id and any(seen == approval_id for _, seen in self.approvals):
+            return False
+        was = self.flood(now)
+        self.approvals.append((now, approval_id))
+        return not was and self.flood(now)
+
     def learn_allowed(
         self, tool: str, destinations: Sequence[str], previous: str, now: float
     ) -> None:
@@ -371,6 +393,13 @@ class Baseline:
         window = self.denials
         return (
             len(window) >= self.config.denial_burst and now - window[0] <= self.config.denial_window
+        )
+
+    def flood(self, now: float) -> bool:
+        window = self.approvals
+        return (
+            len(window) >= self.config.approval_flood
+            and now - window[0][0] <= self.config.approval_window
         )
 
     def detect(
@@ -435,6 +464,8 @@ class Baseline:
                 )
         if self.burst(now):
             found.append(self._burst_finding())
+        if self.flood(now):
+            found.append(self._flood_finding())
         return found
 
     def _burst_finding(self) -> Finding:
@@ -443,6 +474,14 @@ class Baseline:
             FindingKind.DENIAL_BURST,
             cfg.weights[FindingKind.DENIAL_BURST],
             f"{cfg.denial_burst} denials within {cfg.denial_window:.0f} s",
+        )
+
+    def _flood_finding(self) -> Finding:
+        cfg = self.config
+        return Finding(
+            FindingKind.APPROVAL_FLOOD,
+            cfg.weights[FindingKind.APPROVAL_FLOOD],
+            f"{cfg.approval_flood} approval requests within {cfg.approval_window:.0f} s",
         )
 
 
@@ -529,8 +568,8 @@ class AnomalyMonitor(BasicMonitor):
     def observe(self, decision: Decision, record: Mapping[str, Any], now: float) -> None:
         """Learn from the decision just audited and report what was found."""
         with self._guard:
-            burst = self._learn(record, now)
-            alert = self._alert(decision, record, burst, now)
+            completed = self._learn(record, now)
+            alert = self._alert(decision, record, completed, now)
         if alert is not None and self.sink is not None:
             self.sink(alert)
 
@@ -542,11 +581,12 @@ class AnomalyMonitor(BasicMonitor):
     def baseline(self, agent_id: str) -> Baseline | None:
         return self._baselines.get(agent_id)
 
-    def _learn(self, record: Mapping[str, Any], ts: float) -> bool:
-        """Fold one decision record in; True when it completed a denial burst."""
+    def _learn(self, record: Mapping[str, Any], ts: float) -> FindingKind | None:
+        """Fold one decision record in; the burst kind (``denial_burst`` or
+        ``approval_flood``) it completed, if any."""
         agent, outcome = record.get("agent"), record.get("outcome")
         if not isinstance(agent, str) or outcome not in ("allow", "deny", "approval_required"):
-            return False  # refusals are not decided calls
+            return None  # refusals are not decided calls
         baseline = self._baselines.get(agent)
         if baseline is None:
             if len(self._baselines) >= self.config.max_agents:
@@ -555,7 +595,12 @@ class AnomalyMonitor(BasicMonitor):
         baseline.count_call(ts, allowed=outcome == "allow", spiked=_spiked(record))
         reasons = record.get("reasons") or ()
         if outcome == "deny":
-            return STOP_REASON not in reasons and baseline.count_denial(ts)
+            burst = STOP_REASON not in reasons and baseline.count_denial(ts)
+            return FindingKind.DENIAL_BURST if burst else None
+        if outcome == "approval_required":
+            approval = record.get("approval")
+            flood = baseline.count_approval(ts, approval if isinstance(approval, str) else "")
+            return FindingKind.APPROVAL_FLOOD if flood else None
         tool, task = record.get("tool"), record.get("task")
         if outcome == "allow" and isinstance(tool, str) and isinstance(task, str):
             destinations = [d for d in record.get("destinations") or () if isinstance(d, str)]
@@ -564,10 +609,14 @@ class AnomalyMonitor(BasicMonitor):
             if len(self._positions) >= self.config.max_open_tasks:
                 self._positions.pop(next(iter(self._positions)))
             self._positions[task] = tool
-        return False
+        return None
 
     def _alert(
-        self, decision: Decision, record: Mapping[str, Any], burst: bool, now: float
+        self,
+        decision: Decision,
+        record: Mapping[str, Any],
+        completed: FindingKind | None,
+        now: float,
     ) -> Alert | None:
         anomaly = record.get("anomaly")
         findings: list[Finding] = []
@@ -575,9 +624,13 @@ class AnomalyMonitor(BasicMonitor):
         if isinstance(anomaly, Mapping):
             findings = [Finding.from_data(f) for f in anomaly.get("findings", ())]
             response = AnomalyResponse(anomaly.get("response", "none"))
-        if burst and all(f.kind is not FindingKind.DENIAL_BURST for f in findings):
+        if completed is not None and all(f.kind is not completed for f in findings):
             baseline = self._baselines[decision.agent_id]
-            findings.append(baseline._burst_finding())
+            findings.append(
+                baseline._burst_finding()
+                if completed is FindingKind.DENIAL_BURST
+                else baseline._flood_finding()
+            )
         if not findings:
             return None
         agent = decision.agent_id

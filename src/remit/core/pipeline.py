@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -113,6 +114,11 @@ class PipelineState(Protocol):
     ) -> tuple[bool, bool]:
         """Atomically remember the proof's jti and, if ``consume``, take one call from the
         budget and join ``taint``. Returns (jti was fresh, call was consumed)."""
+        ...
+
+    def deciding(self, task_id: str) -> AbstractContextManager[None]:
+        """Marks an allowed decision from its budget to its audit record (ending the
+        task waits for it)."""
         ...
 
 
@@ -445,6 +451,11 @@ class Pipeline:
                 allowed, outcome, reasons = False, Outcome.DENY, leased.denied
         # From here on, a lease issued for this call is released on every path that does
         # not hand it out in an allowed decision (replayed, budget spent, audit down, ...).
+        # An allowed call is in flight from its budget to its audit record: ending the task
+        # waits for it, so it is never chained after the task's end (REV-02).
+        gate = ExitStack()
+        if allowed:
+            gate.enter_context(self.state.deciding(task.task_id))
         try:
             jti, jti_expires_at = ctx.pop("_jti")
             fresh, consumed = self.state.record_call(
@@ -479,6 +490,8 @@ class Pipeline:
                 why = (exc.reason or exc.code) if isinstance(exc, RemitError) else "internal"
                 self.leases.release(leased, f"call_refused:{why}")
             raise
+        finally:
+            gate.close()
         if leased.issued and not allowed:
             self.leases.release(leased, f"call_refused:{','.join(reasons)}")
         return Decision(

@@ -155,7 +155,10 @@ def add_agent_routes(router: APIRouter, remit: Remit, metrics: Metrics) -> None:
         summary="End the bearer task token's task (and everything derived from it)",
     )
     def end_task(call: Annotated[AgentCall, Depends(caller)], body: EmptyBody = None) -> ClosedOut:
-        return ClosedOut(closed=remit.end_task(call.token, call.proof, binding=call.binding))
+        ended = remit.end_task_report(call.token, call.proof, binding=call.binding)
+        return ClosedOut(
+            closed=list(ended.closed), outstanding_leases=list(ended.outstanding_leases)
+        )
 
     async def authorize(
         call: Annotated[AgentCall, Depends(caller)], body: AuthorizeRequest

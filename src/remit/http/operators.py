@@ -163,7 +163,8 @@ ApprovalLimit = Annotated[int, Query(ge=1, le=1000)]
 AlertKindFilter = Annotated[
     str | None,
     Query(
-        pattern="^(new_tool|new_destination|rate_spike|denial_burst|unusual_sequence|off_hours)$",
+        pattern="^(new_tool|new_destination|rate_spike|denial_burst|approval_flood"
+        "|unusual_sequence|off_hours)$",
         max_length=32,
     ),
 ]
@@ -286,7 +287,10 @@ def add_operator_routes(router: APIRouter, remit: Remit) -> None:
     @route("POST", "/v1/tasks/{task_id}/revoke", *BODY_ERRORS, 404, response_model=ClosedOut)
     def revoke_task(task_id: IdParam, body: ReasonBody = None) -> ClosedOut:
         reason = body.reason if body else "operator"
-        return ClosedOut(closed=remit.revoke_task(task_id, reason=reason))
+        ended = remit.revoke_task_report(task_id, reason=reason)
+        return ClosedOut(
+            closed=list(ended.closed), outstanding_leases=list(ended.outstanding_leases)
+        )
 
     # ------------------------------------------------------------------ approvals
     def approver_identity(credentials: OperatorCredentials) -> AdminIdentity:

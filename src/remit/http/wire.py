@@ -159,7 +159,12 @@ class TokenExchangeOut(TaskGrantOut):
 
 
 class ClosedOut(Response):
+    """A task end: the tasks closed now, and (BRK-04) the leases of the task and those
+    closed with it whose downstream revocation has not succeeded yet (state ``revoking``,
+    retried by the sweeper; empty when everything was revoked)."""
+
     closed: list[str]
+    outstanding_leases: list[str]
 
 
 class AuthorizeRequest(Request):
@@ -460,7 +465,13 @@ class AuditPageOut(Response):
 
 class FindingOut(Response):
     kind: Literal[
-        "new_tool", "new_destination", "rate_spike", "denial_burst", "unusual_sequence", "off_hours"
+        "new_tool",
+        "new_destination",
+        "rate_spike",
+        "denial_burst",
+        "approval_flood",
+        "unusual_sequence",
+        "off_hours",
     ]
     score: int
     explanation: str

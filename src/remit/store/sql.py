@@ -1201,6 +1201,19 @@ class SqlStore:
                 )
         return [str(x) for x in found]
 
+    def orphaned_open_lease_ids(self, limit: int = 1000) -> list[str]:
+        """Open leases whose task is no longer open: the task's own lease sweep failed
+        (e.g. the store was down right after the task ended) or raced the issuance."""
+        c, tc = t.leases.c, t.tasks.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.lease_id)
+                .join(t.tasks, tc.task_id == c.task_id)
+                .where(c.state == LeaseState.OPEN.value, tc.status != TaskStatus.OPEN.value)
+                .limit(limit)
+            )
+            return [str(x) for x in rows.scalars().all()]
+
     def expired_open_lease_ids(self, now: float) -> list[str]:
         c = t.leases.c
         with self._tx() as conn:
