@@ -156,6 +156,22 @@ class Output:
         else:
             render(self.out)
 
+    def table(
+        self,
+        document: object,
+        title: str,
+        items: Sequence[Any],
+        columns: Sequence[tuple[str, Callable[[Any], str]]],
+    ) -> None:
+        """A listing: JSON of ``document``, or a table of ``items``, one row each, one cell
+        per ``(header, cell)`` column (cells escape what they show)."""
+
+        def render(console: Console) -> None:
+            rows = [tuple(cell(item) for _, cell in columns) for item in items]
+            console.print(render_table(title, rows, [header for header, _ in columns]))
+
+        self.data(document, render)
+
     def note(self, text: str) -> None:
         """A message for people (stderr), never part of the data."""
         self.err.print(text)
@@ -1496,27 +1512,19 @@ def admin_token_list(
         with _client(url, token, output) as client:
             rows = [_token_row(t) for t in client.list_admin_tokens()]
 
-    def render(console: Console) -> None:
-        table_rows = [
-            (
-                _text(r["token_id"]),
-                _text(r["name"]),
-                _text(r["scopes"]),
-                _ts(r["created_at"]),
-                _ts(r["expires_at"]),
-                _ts(r["revoked_at"]),
-            )
-            for r in rows
-        ]
-        console.print(
-            render_table(
-                f"admin tokens ({len(rows)})",
-                table_rows,
-                ["id", "name", "scopes", "created", "expires", "revoked"],
-            )
-        )
-
-    output.data({"tokens": rows}, render)
+    output.table(
+        {"tokens": rows},
+        f"admin tokens ({len(rows)})",
+        rows,
+        [
+            ("id", lambda r: _text(r["token_id"])),
+            ("name", lambda r: _text(r["name"])),
+            ("scopes", lambda r: _text(r["scopes"])),
+            ("created", lambda r: _ts(r["created_at"])),
+            ("expires", lambda r: _ts(r["expires_at"])),
+            ("revoked", lambda r: _ts(r["revoked_at"])),
+        ],
+    )
 
 
 @admin_token_app.command("revoke")
@@ -1588,26 +1596,18 @@ def secrets_list(data_dir: DataDirOption = None, json_output: JsonOption = False
     with _local(data_dir, output) as remit:
         rows = [_secret_row(i) for i in remit.list_secrets()]
 
-    def render(console: Console) -> None:
-        table_rows = [
-            (
-                _text(r["name"]),
-                str(r["version"]),
-                _text(r["master_kid"]),
-                _ts(r["created_at"]),
-                _ts(r["rotated_at"]),
-            )
-            for r in rows
-        ]
-        console.print(
-            render_table(
-                f"secrets ({len(rows)})",
-                table_rows,
-                ["name", "version", "master key", "created", "re-wrapped"],
-            )
-        )
-
-    output.data({"secrets": rows}, render)
+    output.table(
+        {"secrets": rows},
+        f"secrets ({len(rows)})",
+        rows,
+        [
+            ("name", lambda r: _text(r["name"])),
+            ("version", lambda r: str(r["version"])),
+            ("master key", lambda r: _text(r["master_kid"])),
+            ("created", lambda r: _ts(r["created_at"])),
+            ("re-wrapped", lambda r: _ts(r["rotated_at"])),
+        ],
+    )
 
 
 # Explicit only (REMIT_URL is not read): these commands worked on the local data directory
@@ -1746,29 +1746,26 @@ def leases_list(
         found = remit.list_leases(task_id=task, state=state, outstanding=outstanding)
         rows = [lease.to_data() for lease in found]
 
-    def render(console: Console) -> None:
-        table_rows = [
+    output.table(
+        {"leases": rows},
+        f"leases ({len(rows)})",
+        rows,
+        [
+            ("lease", lambda r: _text(r["lease_id"])),
+            ("task", lambda r: _text(r["task_id"])),
+            ("secret", lambda r: _text(r["secret"])),
+            ("tool", lambda r: _text(r["tool"])),
+            ("state", lambda r: _text(r["state"])),
+            ("expires", lambda r: _ts(r["expires_at"])),
+            ("reason", lambda r: _text(r["revoke_reason"] or "")),
             (
-                _text(r["lease_id"]),
-                _text(r["task_id"]),
-                _text(r["secret"]),
-                _text(r["tool"]),
-                _text(r["state"]),
-                _ts(r["expires_at"]),
-                _text(r["revoke_reason"] or ""),
-                _text(f"{r['revoke_attempts']} ({r['last_error']})" if r["outstanding"] else ""),
-            )
-            for r in rows
-        ]
-        console.print(
-            render_table(
-                f"leases ({len(rows)})",
-                table_rows,
-                ["lease", "task", "secret", "tool", "state", "expires", "reason", "retries"],
-            )
-        )
-
-    output.data({"leases": rows}, render)
+                "retries",
+                lambda r: _text(
+                    f"{r['revoke_attempts']} ({r['last_error']})" if r["outstanding"] else ""
+                ),
+            ),
+        ],
+    )
 
 
 @leases_app.command("revoke")

@@ -11,7 +11,6 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from remit.cli import (
@@ -22,7 +21,6 @@ from remit.cli import (
     UrlOption,
     _client,
     _ts,
-    render_table,
 )
 from remit.errors import InvalidRequest
 
@@ -71,25 +69,22 @@ def alerts_list(
             since=parse_since(since, time.time()), agent=agent, kind=kind, limit=limit
         )
 
-    def render(console: Console) -> None:
-        rows = [
+    output.table(
+        {"alerts": alerts},
+        f"alerts ({len(alerts)})",
+        alerts,
+        [
+            ("at", lambda a: _ts(a.get("at"))),
+            ("agent", lambda a: escape(str(a.get("agent", "")).rsplit("/", 1)[-1])),
+            ("tool", lambda a: escape(str(a.get("tool")))),
+            ("score", lambda a: str(a.get("score"))),
+            ("kinds", lambda a: escape(", ".join(str(k) for k in a.get("kinds", [])))),
             (
-                _ts(a.get("at")),
-                escape(str(a.get("agent", "")).rsplit("/", 1)[-1]),
-                escape(str(a.get("tool"))),
-                str(a.get("score")),
-                escape(", ".join(str(k) for k in a.get("kinds", []))),
-                escape(str(a.get("response")) + ("" if a.get("enforced") else " (not enforced)")),
-                escape(str(a.get("explanation"))),
-            )
-            for a in alerts
-        ]
-        console.print(
-            render_table(
-                f"alerts ({len(rows)})",
-                rows,
-                ["at", "agent", "tool", "score", "kinds", "response", "explanation"],
-            )
-        )
-
-    output.data({"alerts": alerts}, render)
+                "response",
+                lambda a: escape(
+                    str(a.get("response")) + ("" if a.get("enforced") else " (not enforced)")
+                ),
+            ),
+            ("explanation", lambda a: escape(str(a.get("explanation")))),
+        ],
+    )

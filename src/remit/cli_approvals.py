@@ -49,25 +49,24 @@ def approvals_list(
     with _client(url, token, output) as client:
         found = client.list_approvals(status=status, limit=limit)
 
-    def render(console: Console) -> None:
-        rows = [
+    output.table(
+        {"approvals": found},
+        "approvals",
+        found,
+        [
+            ("id", lambda a: escape(str(a.get("approval_id")))),
+            ("status", lambda a: escape(str(a.get("status")))),
+            ("tool", lambda a: escape(str(a.get("tool")))),
+            ("task", lambda a: escape(str(a.get("task_id")))),
             (
-                escape(str(a.get("approval_id"))),
-                escape(str(a.get("status"))),
-                escape(str(a.get("tool"))),
-                escape(str(a.get("task_id"))),
-                f"{len([v for v in a.get('votes', []) if v.get('approve')])}/{a.get('quorum')}",
-                _ts(a.get("expires_at")),
-            )
-            for a in found
-        ]
-        console.print(
-            render_table(
-                "approvals", rows, ["id", "status", "tool", "task", "approvals", "expires"]
-            )
-        )
-
-    output.data({"approvals": found}, render)
+                "approvals",
+                lambda a: (
+                    f"{len([v for v in a.get('votes', []) if v.get('approve')])}/{a.get('quorum')}"
+                ),
+            ),
+            ("expires", lambda a: _ts(a.get("expires_at"))),
+        ],
+    )
 
 
 def _show(approval: dict[str, Any], console: Console) -> None:

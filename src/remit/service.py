@@ -355,13 +355,13 @@ class StoreLeaseResolver:
         audit: AuditLog,
         clock: Clock,
         ttl_seconds: float,
-        policy: PolicyEngine | None = None,
-        provider_for: Callable[[str, str], CredentialProvider | None] | None = None,
-        seal_values: Callable[[str, Mapping[str, Secret]], SealedSecret] | None = None,
-        settle_values: Callable[[str], None] | None = None,
-        end_lease: Callable[[str, str], object] | None = None,
-        stopped: Callable[[str], bool] | None = None,
-        catalog: Callable[[], Catalog] | None = None,
+        policy: PolicyEngine,
+        provider_for: Callable[[str, str], CredentialProvider | None],
+        seal_values: Callable[[str, Mapping[str, Secret]], SealedSecret],
+        settle_values: Callable[[str], None],
+        end_lease: Callable[[str, str], object],
+        stopped: Callable[[str], bool],
+        catalog: Callable[[], Catalog],
     ) -> None:
         self.store = store
         self.audit = audit
@@ -384,8 +384,6 @@ class StoreLeaseResolver:
         credential = spec.credential
         if credential is None:
             return LeaseStep()
-        if self.policy is None or self.provider_for is None or self.seal_values is None:
-            raise ProviderUnavailable("no credential issuance here", reason="no_providers")
         now = self.clock.now()
         source = credential.source
         provider = self.provider_for(credential.provider or "", source)
@@ -490,12 +488,11 @@ class StoreLeaseResolver:
             if live is None or live.effective_status(self.clock.now()) is not TaskStatus.OPEN:
                 raise TokenRevoked("the task has ended", reason="task_ended")
             # Likewise the kill switch: its sweep may have run before this row existed.
-            if self.stopped is not None and self.stopped(task.agent_id):
+            if self.stopped(task.agent_id):
                 raise TokenRevoked("the agent is stopped by the kill switch", reason="kill_switch")
-            if self.catalog is not None and self.catalog().get(spec.name) != spec:
+            if self.catalog().get(spec.name) != spec:
                 raise TokenRevoked("the tool's catalog entry changed", reason="catalog_changed")
-            if self.settle_values is not None:
-                self.settle_values(lease.lease_id)
+            self.settle_values(lease.lease_id)
             self.audit.append(
                 "lease.issued",
                 {
@@ -519,8 +516,6 @@ class StoreLeaseResolver:
         a lease that cannot be ended now is still reaped at its expiry."""
         for lease_id in step.issued:
             try:
-                if self.end_lease is None:
-                    raise ProviderUnavailable("no lease revocation here", reason="no_providers")
                 self.end_lease(lease_id, _short(reason, 120))
             except Exception:
                 _log.warning("lease %s: could not be released after a refused call", lease_id)
@@ -532,13 +527,7 @@ def _issue_context(
     """The Cedar context of ``issue_credential`` (``policy_pack.ISSUE_CONTEXT_ATTRIBUTES``)."""
     return {
         "mode": mode.value,
-        "task": {
-            "id": task.task_id,
-            "principal": task.principal_id,
-            "purpose": task.mandate.purpose,
-            "sensitivity_ceiling": int(task.mandate.sensitivity_ceiling),
-            "delegation_depth": task.depth,
-        },
+        "task": task.policy_info(),
         "tool": spec.name,
         "privilege": spec.privilege.value,
         "tool_in_mandate": spec.name in task.mandate.tools,
@@ -1354,13 +1343,7 @@ class Remit:
         """The Cedar request for the edge parent agent (A) -> actor (B)."""
         context = {
             "mode": parent_agent.mode.value,
-            "parent_task": {
-                "id": parent.task_id,
-                "principal": parent.principal_id,
-                "purpose": parent.mandate.purpose,
-                "sensitivity_ceiling": int(parent.mandate.sensitivity_ceiling),
-                "delegation_depth": parent.depth,
-            },
+            "parent_task": parent.policy_info(),
             "child_tools": sorted(mandate.tools),
             "child_sensitivity": int(mandate.sensitivity_ceiling),
             "child_budget": mandate.call_budget,

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -453,45 +453,42 @@ class Pipeline:
         # not hand it out in an allowed decision (replayed, budget spent, audit down, ...).
         # An allowed call is in flight from its budget to its audit record: ending the task
         # waits for it, so it is never chained after the task's end (REV-02).
-        gate = ExitStack()
-        if allowed:
-            gate.enter_context(self.state.deciding(task.task_id))
+        in_flight = self.state.deciding(task.task_id) if allowed else nullcontext()
         try:
-            jti, jti_expires_at = ctx.pop("_jti")
-            fresh, consumed = self.state.record_call(
-                task_id=task.task_id,
-                jti=jti,
-                jti_expires_at=jti_expires_at,
-                consume=allowed,
-                taint=spec.output_labels if spec is not None else Labels(),
-            )
-            if not fresh:
-                raise InvalidProof("this proof was used before", reason="replayed")
-            if allowed and not consumed and mode is Mode.ENFORCE:
-                allowed, outcome, reasons, obligations = (
-                    False,
-                    Outcome.DENY,
-                    ("budget-exhausted",),
-                    (),
+            with in_flight:
+                jti, jti_expires_at = ctx.pop("_jti")
+                fresh, consumed = self.state.record_call(
+                    task_id=task.task_id,
+                    jti=jti,
+                    jti_expires_at=jti_expires_at,
+                    consume=allowed,
+                    taint=spec.output_labels if spec is not None else Labels(),
                 )
-            # 8. Audit: the decision is chained and written before the call may go ahead.
-            ctx.update(
-                outcome=outcome.value,
-                allowed=allowed,
-                would_deny=allowed and outcome is not Outcome.ALLOW,
-                mode=mode.value,
-                reasons=list(reasons),
-                policy_version=policy_version,
-                owner=agent.owner,
-            )
-            record = self.audit.append("decision", ctx)
+                if not fresh:
+                    raise InvalidProof("this proof was used before", reason="replayed")
+                if allowed and not consumed and mode is Mode.ENFORCE:
+                    allowed, outcome, reasons, obligations = (
+                        False,
+                        Outcome.DENY,
+                        ("budget-exhausted",),
+                        (),
+                    )
+                # 8. Audit: the decision is chained and written before the call may go ahead.
+                ctx.update(
+                    outcome=outcome.value,
+                    allowed=allowed,
+                    would_deny=allowed and outcome is not Outcome.ALLOW,
+                    mode=mode.value,
+                    reasons=list(reasons),
+                    policy_version=policy_version,
+                    owner=agent.owner,
+                )
+                record = self.audit.append("decision", ctx)
         except BaseException as exc:
             if leased.issued:
                 why = (exc.reason or exc.code) if isinstance(exc, RemitError) else "internal"
                 self.leases.release(leased, f"call_refused:{why}")
             raise
-        finally:
-            gate.close()
         if leased.issued and not allowed:
             self.leases.release(leased, f"call_refused:{','.join(reasons)}")
         return Decision(
@@ -629,13 +626,7 @@ class Pipeline:
         context = {
             "mode": mode.value,
             "instance": instance.instance_id,
-            "task": {
-                "id": task.task_id,
-                "principal": task.principal_id,
-                "purpose": task.mandate.purpose,
-                "sensitivity_ceiling": int(task.mandate.sensitivity_ceiling),
-                "delegation_depth": task.depth,
-            },
+            "task": task.policy_info(),
             "tool_in_mandate": spec.name in task.mandate.tools,
             "destinations": [
                 str(d) for d in classes.explicit + classes.by_pattern + classes.outside

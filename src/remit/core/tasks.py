@@ -34,6 +34,16 @@ class Task:
     taint: Labels
     depth: int = 0
 
+    def policy_info(self) -> dict[str, object]:
+        """The task as Cedar sees it (the schema's ``TaskInfo``), in every request about it."""
+        return {
+            "id": self.task_id,
+            "principal": self.principal_id,
+            "purpose": self.mandate.purpose,
+            "sensitivity_ceiling": int(self.mandate.sensitivity_ceiling),
+            "delegation_depth": self.depth,
+        }
+
     def effective_status(self, now: float) -> TaskStatus:
         """An open task whose TTL has run out is expired even before a sweep records it."""
         if self.status is TaskStatus.OPEN and now >= self.expires_at:
