@@ -6,7 +6,6 @@ needs an operator token with the ``readonly`` scope (or wider).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated
 
@@ -22,23 +21,9 @@ from remit.cli import (
     _client,
     _ts,
 )
-from remit.errors import InvalidRequest
+from remit.clock import parse_time
 
 alerts_app = typer.Typer(help="Anomaly alerts from behaviour baselines.", no_args_is_help=True)
-
-_DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: float) -> float:
-    """``24h``, ``30m``, ``7d``, ``90s`` or ``90`` (seconds) ago, as a time."""
-    found = _DURATION.match(text.strip())
-    if found is None:
-        raise InvalidRequest(
-            "--since must be a duration such as 90s, 30m, 24h or 7d", reason="bad_since"
-        )
-    seconds = int(found.group(1)) * _UNIT[found.group(2)]
-    return max(0.0, now - seconds)
 
 
 @alerts_app.command("list")
@@ -66,7 +51,7 @@ def alerts_list(
     output = Output(json_output)
     with _client(url, token, output) as client:
         alerts = client.list_alerts(
-            since=parse_since(since, time.time()), agent=agent, kind=kind, limit=limit
+            since=parse_time(since, time.time()), agent=agent, kind=kind, limit=limit
         )
 
     output.table(

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from remit.clock import parse_time
 from remit.core.policy import AgentEntity, PolicyEngine, PolicySource, ToolEntity, trust_domain_of
-from remit.core.replay import RecordedDecision, ReplayAggregate, SkipReason, parse_time, redecide
+from remit.core.replay import RecordedDecision, ReplayAggregate, SkipReason, redecide
 from remit.errors import InvalidRequest, NotFound
 from remit.store.base import AuditQuery
 

@@ -23,10 +23,8 @@ budget leaves room). Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -45,7 +43,6 @@ __all__ = [
     "ReplayAggregate",
     "SkipReason",
     "change_kind",
-    "parse_time",
     "redecide",
 ]
 
@@ -53,9 +50,6 @@ BUDGET_REASON: Final = "budget-exhausted"
 CREDENTIAL_DENIED: Final = "credential-denied"  # step 7: the issuance policy said no
 MAX_EXAMPLES: Final = 50
 _APPROVAL_REFUSAL_PREFIX: Final = "approval_"  # check_use reasons; never a policy @id
-_RELATIVE: Final = re.compile(r"([0-9]{1,7})([smhdw])")
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_MAX_TEXT: Final = 64
 _RESTRICTIVENESS: Final = {Outcome.ALLOW: 0, Outcome.APPROVAL_REQUIRED: 1, Outcome.DENY: 2}
 
 
@@ -66,28 +60,6 @@ class SkipReason(StrEnum):
     UNKNOWN_TOOL = "unknown_tool"  # denied before policy: the tool was not in the catalog
     NO_POLICY_INPUT = "no_policy_input"  # written before policy inputs were recorded
     MALFORMED = "malformed"  # the record does not have the expected shape
-
-
-def parse_time(text: str, now: float, *, what: str = "--since") -> float:
-    """A point in time: relative to ``now`` (``30m``, ``24h``, ``7d``, ``2w``, ``90s``)
-    or an ISO 8601 time (UTC when it names no zone). Raises ``InvalidRequest``."""
-    if not isinstance(text, str) or not text.strip() or len(text) > _MAX_TEXT:
-        raise InvalidRequest(f"{what} must be a duration or an ISO time", reason="bad_time")
-    value = text.strip()
-    match = _RELATIVE.fullmatch(value)
-    if match is not None:
-        return now - int(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(
-            f"{what} must be a duration such as 7d, 24h, 30m, or an ISO time "
-            "such as 2025-01-31T12:00:00Z",
-            reason="bad_time",
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 # --------------------------------------------------------------------------- records
