@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from remit.errors import StoreUnavailable
 
-__all__ = ["SqliteDirect", "direct_path"]
+__all__ = ["SqliteDirect", "direct_path", "transaction_cursor"]
 
 
 def direct_path(url: URL) -> str | None:
@@ -38,6 +38,21 @@ def direct_path(url: URL) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:") or url.query:
         return None
     return database
+
+
+@contextmanager
+def transaction_cursor(conn: Any) -> Iterator[Any]:
+    """A DB-API cursor on ``conn`` in one transaction: committed when the block ends,
+    rolled back when it raises; the cursor is always closed."""
+    cursor = conn.cursor()
+    try:
+        yield cursor
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        cursor.close()
 
 
 class SqliteDirect:
@@ -100,15 +115,8 @@ class SqliteDirect:
         except sqlite3.Error as exc:
             raise StoreUnavailable("the store is unavailable", reason=type(exc).__name__) from exc
         try:
-            cursor = conn.cursor()
-            try:
+            with transaction_cursor(conn) as cursor:
                 yield cursor
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cursor.close()
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:

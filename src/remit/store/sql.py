@@ -48,7 +48,7 @@ from remit.store.base import (
     StoredSecret,
     ToolPin,
 )
-from remit.store.direct import SqliteDirect, direct_path
+from remit.store.direct import SqliteDirect, direct_path, transaction_cursor
 
 MAX_TREE = 10_000
 
@@ -135,15 +135,8 @@ class SqlStore:
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StoreUnavailable("the store is unavailable", reason=type(exc).__name__) from exc
         try:
-            cursor = conn.cursor()
-            try:
+            with transaction_cursor(conn) as cursor:
                 yield cursor
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cursor.close()
         except integrity:
             raise
         except self.engine.dialect.loaded_dbapi.Error as exc:
